@@ -1,0 +1,53 @@
+"""Dependency rules of docs/design (checked in CI):
+1. launcher never imports chaos, tests or yaml;
+2. launcher/failures/record.py uses only the standard library;
+3. chaos imports from launcher only launcher.events (and the simulator launcher.rendezvous.state);
+4. importing the CLI does not import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def main() -> int:
+    problems: list[str] = []
+    for path in (ROOT / "launcher").rglob("*.py"):
+        for name in imports(path):
+            if name.split(".")[0] in ("chaos", "tests", "yaml"):
+                problems.append(f"{path}: launcher must not import {name}")
+    record = ROOT / "launcher" / "failures" / "record.py"
+    for name in imports(record):
+        top = name.split(".")[0]
+        if top != "__future__" and top not in sys.stdlib_module_names:
+            problems.append(f"{record}: record.py must use only the standard library, not {name}")
+    allowed = ("launcher.events", "launcher.rendezvous.state")
+    for path in (ROOT / "chaos").rglob("*.py"):
+        for name in imports(path):
+            if name.split(".")[0] == "launcher" and not name.startswith(allowed):
+                problems.append(f"{path}: chaos may use only {allowed} of launcher, not {name}")
+    probe = "import sys, launcher.cli; sys.exit('torch' in sys.modules)"
+    if subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode != 0:
+        problems.append("importing launcher.cli imports torch")
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""The per-node agent: rendezvous, start workers, watch them, restart or finish.
+
+    next_round -> start workers -> wait for an event:
+        all exited 0        -> SUCCEEDED, exit 0
+        a worker failed     -> stop all, restart while the budget lasts, else FAILED
+        nodes waiting       -> stop all, re-rendezvous (not charged to the budget)
+        signal to the agent -> forward it, stop all with grace, exit 128+N
+
+The agent is the only module that uses both rendezvous and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher import events as ev
+from launcher.config import LaunchConfig
+from launcher.failures.error_file import read_error_file, write_parent_error_file
+from launcher.failures.report import WorkerFailure, exit_code_for, format_summary, root_cause
+from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
+from launcher.workers.env import (
+    RoundContext,
+    WorkerRanks,
+    base_environment,
+    worker_argv,
+    worker_environment,
+)
+from launcher.workers.group import Worker, WorkerGroup, WorkerSpec
+from launcher.workers.guardian import Guardian
+from launcher.workers.logs import AttemptLogs, RunLogs, route_stream
+from launcher.workers.pump import OutputPump
+
+log = logging.getLogger(__name__)
+
+SUCCEEDED, FAILED, SIGNALED, MEMBERSHIP = "succeeded", "failed", "signaled", "membership"
+SPARE_DONE = "spare_done"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentResult:
+    outcome: str
+    exit_code: int
+    restarts: int
+    failures: tuple[WorkerFailure, ...] = ()
+
+
+class SignalInbox:
+    """Signals caught by the CLI's handlers, delivered to the agent through a pipe so a
+    blocked wait wakes at once (the CLI installs handlers before anything starts)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.received: list[int] = []
+
+    def drain(self) -> list[int]:
+        try:
+            while data := os.read(self.read_fd, 64):
+                self.received.extend(data)
+        except BlockingIOError:
+            pass
+        return self.received
+
+
+class Agent:
+    def __init__(
+        self,
+        config: LaunchConfig,
+        *,
+        inbox: SignalInbox,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.inbox = inbox
+        self.host = socket.getfqdn()
+        self.node_id = config.local_addr or self.host
+        self._agent_env = dict(os.environ if environ is None else environ)
+        # Fork the guardian before any thread exists (the pump and the store start threads).
+        self.guardian = Guardian()
+        self.pump = OutputPump()
+        self.logs = RunLogs(config)
+        paths = [config.event_log] if config.event_log else []
+        if self.logs.run_dir is not None:
+            paths.append(self.logs.run_dir / "events.jsonl")
+        self.events = ev.EventLog(run_id=config.run_id, node_id=self.node_id, paths=paths)
+        self.group = WorkerGroup(guardian=self.guardian, pump=self.pump, on_exit=self._on_exit)
+        self.group.register_wakeup(inbox.read_fd)
+        self.restart_count = 0
+        self._attempt_failures: list[WorkerFailure] = []
+        self._round: RoundInfo | None = None
+        self._rendezvous: Rendezvous | None = None
+
+    # -- public ----------------------------------------------------------------------------
+    def run(self) -> AgentResult:
+        cfg = self.config
+        self.events.emit(
+            ev.AGENT_STARTED,
+            nproc_per_node=cfg.nproc_per_node,
+            min_nodes=cfg.min_nodes,
+            max_nodes=cfg.max_nodes,
+            max_restarts=cfg.max_restarts,
+            rdzv_backend=cfg.rdzv_backend,
+            rdzv_endpoint=cfg.rdzv_endpoint,
+            entrypoint=cfg.entrypoint.name,
+            run_dir=str(self.logs.run_dir) if self.logs.run_dir else None,
+        )
+        try:
+            result = self._loop()
+        finally:
+            self._close()
+        self.events.emit(
+            ev.AGENT_EXIT,
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            restarts=result.restarts,
+            root_cause=_failure_fields(root_cause(result.failures)) if result.failures else None,
+        )
+        self.events.close()
+        self.guardian.close()
+        return result
+
+    # -- the loop --------------------------------------------------------------------------
+    def _loop(self) -> AgentResult:
+        self._rendezvous = rdzv = create_rendezvous(
+            self.config, node_id=self.node_id, interrupt_fd=self.inbox.read_fd
+        )
+        wake = rdzv.wakeup_fd()
+        if wake is not None:
+            self.group.register_wakeup(wake)
+        failures: tuple[WorkerFailure, ...] = ()
+        while True:
+            if self.inbox.drain():
+                return self._signaled(self.inbox.received[0])
+            rnd = rdzv.next_round()
+            if rnd is None:
+                log.warning("the job ended while this node waited as a spare; exiting")
+                return AgentResult(outcome=SPARE_DONE, exit_code=0, restarts=self.restart_count)
+            self._round = rnd
+            self.events.emit(
+                ev.RDZV_ROUND_COMPLETE,
+                round=rnd.round,
+                reason=rnd.reason,
+                group_rank=rnd.group_rank,
+                group_world_size=rnd.group_world_size,
+                world_size=rnd.world_size,
+                base_rank=rnd.base_global_rank,
+                restart_count=rnd.restart_count,
+                members=list(rnd.members),
+                master_addr=rnd.master_addr,
+                master_port=rnd.master_port,
+                budget_spent=rnd.budget_spent,
+            )
+            if rnd.budget_spent:
+                return self._failed(failures, remote_detail=rnd.detail)
+            self.restart_count = rnd.restart_count
+            if rnd.reason != "initial":
+                self.events.emit(
+                    ev.GROUP_RESTART,
+                    reason=rnd.reason,
+                    restart_count=rnd.restart_count,
+                    max_restarts=self.config.max_restarts,
+                    charged=rnd.charged,
+                    detail=rnd.detail,
+                )
+                log.warning(
+                    "re-forming the worker group (%s%s): restart %d/%d%s",
+                    rnd.reason,
+                    f": {rnd.detail}" if rnd.detail else "",
+                    rnd.restart_count,
+                    self.config.max_restarts,
+                    "" if rnd.charged else " (not charged)",
+                )
+            failures = ()
+            self._start_workers(rnd)
+            state = self._monitor()
+            if state == SUCCEEDED:
+                self.events.emit(ev.GROUP_SUCCEEDED, restart_count=self.restart_count)
+                rdzv.finish()
+                return AgentResult(outcome=SUCCEEDED, exit_code=0, restarts=self.restart_count)
+            if state == SIGNALED:
+                return self._signaled(self.inbox.received[0])
+            self.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
+            if state == FAILED:
+                failures = tuple(self._attempt_failures)
+                self.events.emit(
+                    ev.GROUP_FAILED,
+                    restart_count=self.restart_count,
+                    failures=[_failure_fields(f) for f in failures],
+                )
+                rdzv.report_failure(f"{_brief(root_cause(failures))} on {self.node_id}")
+
+    def _monitor(self) -> str:
+        cfg = self.config
+        next_check = time.monotonic() + cfg.monitor_interval_s
+        while True:
+            if self.inbox.drain():
+                return SIGNALED
+            if self._attempt_failures:
+                return FAILED
+            if not self.group.running:
+                return SUCCEEDED
+            timeout = max(0.0, next_check - time.monotonic())
+            self.group.wait(timeout)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + cfg.monitor_interval_s
+                if self._rendezvous is not None and self._rendezvous.check() is not None:
+                    return MEMBERSHIP
+
+    def _start_workers(self, rnd: RoundInfo) -> None:
+        cfg = self.config
+        self._attempt_failures = []
+        attempt = self.logs.new_attempt(self.restart_count)
+        base = base_environment(self._agent_env, nproc_per_node=cfg.nproc_per_node)
+        ctx = RoundContext(
+            role=cfg.role,
+            run_id=cfg.run_id,
+            master_addr=rnd.master_addr,
+            master_port=rnd.master_port,
+            restart_count=self.restart_count,
+            max_restarts=cfg.max_restarts,
+            use_agent_store=rnd.use_agent_store,
+            signals_to_handle=cfg.signals_to_handle_text,
+            virtual_local_rank=cfg.virtual_local_rank,
+        )
+        specs = [self._spec(rnd, ctx, base, attempt, lr) for lr in range(cfg.nproc_per_node)]
+        self.group.start(specs)
+        for worker in self.group.workers:
+            r = worker.spec.ranks
+            self.events.emit(
+                ev.WORKER_STARTED,
+                round=rnd.round,
+                restart_count=self.restart_count,
+                local_rank=r.local_rank,
+                rank=r.global_rank,
+                role_rank=r.role_rank,
+                group_rank=r.group_rank,
+                world_size=r.world_size,
+                local_world_size=r.local_world_size,
+                group_world_size=r.group_world_size,
+                pid=worker.pid,
+                attempt_dir=str(attempt.dir) if attempt.dir else None,
+            )
+
+    def _spec(
+        self,
+        rnd: RoundInfo,
+        ctx: RoundContext,
+        base: dict[str, str],
+        attempt: AttemptLogs,
+        local_rank: int,
+    ) -> WorkerSpec:
+        cfg = self.config
+        ranks = WorkerRanks(
+            local_rank=local_rank,
+            global_rank=rnd.base_global_rank + local_rank,
+            role_rank=rnd.base_role_rank + local_rank,
+            local_world_size=cfg.nproc_per_node,
+            world_size=rnd.world_size,
+            role_world_size=rnd.role_world_size,
+            group_rank=rnd.group_rank,
+            group_world_size=rnd.group_world_size,
+        )
+        error_file = attempt.error_file(local_rank)
+        routes = {
+            stream: route_stream(
+                cfg,
+                attempt,
+                local_rank=local_rank,
+                global_rank=ranks.global_rank,
+                stream=stream,
+                agent_env=self._agent_env,
+            )
+            for stream in ("stdout", "stderr")
+        }
+        return WorkerSpec(
+            ranks=ranks,
+            argv=worker_argv(cfg.entrypoint.argv, local_rank),
+            env=worker_environment(base, ranks=ranks, round_ctx=ctx, error_file=error_file),
+            stdout=routes["stdout"],
+            stderr=routes["stderr"],
+            error_file=error_file,
+        )
+
+    def _on_exit(self, worker: Worker) -> None:
+        code = worker.exitcode if worker.exitcode is not None else -1
+        self.events.emit(
+            ev.WORKER_EXITED,
+            round=self._round.round if self._round else -1,
+            restart_count=self.restart_count,
+            local_rank=worker.local_rank,
+            rank=worker.spec.ranks.global_rank,
+            pid=worker.pid,
+            exit_code=code,
+            signal=signal.Signals(-code).name if code < 0 and -code in _SIGNALS else None,
+            stopped_by_agent=worker.stopped_by_agent,
+            runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
+        )
+        if code != 0:
+            record = (
+                read_error_file(Path(worker.spec.error_file)) if worker.spec.error_file else None
+            )
+            stamp = (
+                float(record.timestamp)
+                if record and record.timestamp > 0
+                else (worker.exited_at or time.time())
+            )
+            self._attempt_failures.append(
+                WorkerFailure(
+                    local_rank=worker.local_rank,
+                    global_rank=worker.spec.ranks.global_rank,
+                    pid=worker.pid,
+                    exitcode=code,
+                    error_file=Path(worker.spec.error_file) if record else None,
+                    record=record,
+                    timestamp=stamp,
+                    host=self.host,
+                )
+            )
+
+    # -- endings ---------------------------------------------------------------------------
+    def _failed(self, failures: tuple[WorkerFailure, ...], *, remote_detail: str) -> AgentResult:
+        self.group.wait_output()
+        if not failures:
+            # The failure happened on another node; its agent prints the full summary.
+            print(
+                f"launcher: error: the job failed, restart budget ({self.config.max_restarts}) "
+                f"spent; last failure: {remote_detail or 'unknown'}",
+                file=sys.stderr,
+            )
+            return AgentResult(outcome=FAILED, exit_code=1, restarts=self.restart_count)
+        cause = root_cause(failures)
+        sys.stderr.write(format_summary(self.config.entrypoint.name, failures) + "\n")
+        sys.stderr.flush()
+        parent_file = self._agent_env.get("TORCHELASTIC_ERROR_FILE")
+        if parent_file and cause.record is not None:
+            write_parent_error_file(cause.record, Path(parent_file), cause.exitcode)
+        return AgentResult(
+            outcome=FAILED,
+            exit_code=exit_code_for(cause),
+            restarts=self.restart_count,
+            failures=failures,
+        )
+
+    def _signaled(self, signum: int) -> AgentResult:
+        name = signal.Signals(signum).name
+        self.events.emit(ev.AGENT_SIGNAL, signal=name)
+        if self._rendezvous is not None:
+            self._rendezvous.leave()
+        log.warning(
+            "received %s: stopping workers (grace %.0fs)", name, self.config.shutdown_timeout_s
+        )
+        self.group.stop(signum, grace_s=self.config.shutdown_timeout_s)
+        self.events.emit(ev.GROUP_STOPPED, reason=f"signal {name}")
+        return AgentResult(outcome=SIGNALED, exit_code=128 + signum, restarts=self.restart_count)
+
+    def _close(self) -> None:
+        if self.group.running:
+            self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
+        self.group.wait_output()
+        self.pump.stop()
+        if self._rendezvous is not None:
+            self._rendezvous.shutdown()
+
+
+_SIGNALS = {int(s) for s in signal.Signals}
+
+
+def _failure_fields(failure: WorkerFailure) -> dict[str, object]:
+    return {
+        "rank": failure.global_rank,
+        "local_rank": failure.local_rank,
+        "pid": failure.pid,
+        "exit_code": failure.exitcode,
+        "signal": signal.Signals(-failure.exitcode).name
+        if failure.exitcode < 0 and -failure.exitcode in _SIGNALS
+        else None,
+        "message": failure.record.message if failure.record else None,
+        "timestamp": failure.timestamp,
+        "host": failure.host,
+    }
+
+
+def _brief(failure: WorkerFailure) -> str:
+    fields = _failure_fields(failure)
+    how = fields["signal"] or f"exit code {failure.exitcode}"
+    return f"rank {failure.global_rank} (local_rank {failure.local_rank}, pid {failure.pid}) {how}"

@@ -1,0 +1,271 @@
+"""The one validated, frozen description of a launch.
+
+Everything the CLI accepts ends up here; every check that can fail on user input lives
+here and raises ConfigError with a one-line message naming the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntFlag
+from pathlib import Path
+
+from launcher.errors import ConfigError
+
+DEFAULT_C10D_PORT = 29400
+DEFAULT_ETCD_PORT = 2379
+DEFAULT_MASTER_PORT = 29500
+KNOWN_BACKENDS = ("static", "c10d", "etcd", "etcd-v2", "memory")
+
+
+class Std(IntFlag):
+    NONE = 0
+    OUT = 1
+    ERR = 2
+    ALL = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class StdSpec:
+    """Which streams of which local rank go to files: `-r 3` or `-r 0:1,1:2`."""
+
+    default: Std = Std.NONE
+    per_rank: Mapping[int, Std] = field(default_factory=dict)
+
+    def for_rank(self, local_rank: int) -> Std:
+        return self.per_rank.get(local_rank, self.default)
+
+
+def parse_std_spec(value: str, *, flag: str) -> StdSpec:
+    value = value.strip()
+    if re.fullmatch(r"[0-3]", value):
+        return StdSpec(default=Std(int(value)))
+    # torchrun accepts single-digit local ranks only; multi-digit ones are allowed here
+    if re.fullmatch(r"(\d+:[0-3],)*\d+:[0-3]", value):
+        per_rank = {int(k): Std(int(v)) for k, v in (item.split(":") for item in value.split(","))}
+        return StdSpec(per_rank=per_rank)
+    raise ConfigError(
+        f"bad value {value!r}",
+        flag=flag,
+        fix="use 0-3 (0 none, 1 stdout, 2 stderr, 3 both) or a map like 0:1,1:3",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RendezvousOptions:
+    """`--rdzv-conf` as typed fields; durations are float seconds."""
+
+    join_timeout_s: float = 600.0
+    last_call_timeout_s: float = 30.0
+    close_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 5.0
+    keep_alive_interval_s: float = 5.0
+    keep_alive_max_attempt: int = 3
+    read_timeout_s: float = 60.0
+    timeout_s: float = 900.0
+    is_host: bool | None = None
+    store_type: str = "tcp"
+    rank: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+_DURATION_KEYS = {
+    "join_timeout": "join_timeout_s",
+    "last_call_timeout": "last_call_timeout_s",
+    "close_timeout": "close_timeout_s",
+    "heartbeat_timeout": "heartbeat_timeout_s",
+    "heartbeat": "heartbeat_timeout_s",
+    "keep_alive_interval": "keep_alive_interval_s",
+    "read_timeout": "read_timeout_s",
+    "timeout": "timeout_s",
+}
+# Accepted and passed through to the backend that understands them (etcd TLS and prefix).
+_PASSTHROUGH_KEYS = frozenset(
+    {"protocol", "ssl_cert", "ssl_cert_key", "ca_cert", "cert", "key", "cacert", "etcd_prefix"}
+)
+_TRUE = {"1", "true", "t", "yes", "y"}
+_FALSE = {"0", "false", "f", "no", "n"}
+
+
+def _as_bool(key: str, value: str) -> bool:
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(
+        f"option {key!r} must be a boolean, got {value!r}",
+        flag="--rdzv-conf",
+        fix="use one of 1,true,yes / 0,false,no",
+    )
+
+
+def _as_number(key: str, value: str, *, integer: bool) -> float:
+    try:
+        number = float(int(value)) if integer else float(value)
+    except ValueError:
+        kind = "an integer" if integer else "a number of seconds"
+        raise ConfigError(
+            f"option {key!r} must be {kind}, got {value!r}", flag="--rdzv-conf"
+        ) from None
+    if number <= 0 and key != "rank":
+        raise ConfigError(f"option {key!r} must be positive, got {value!r}", flag="--rdzv-conf")
+    return number
+
+
+def parse_rdzv_conf(text: str) -> RendezvousOptions:
+    fields: dict[str, object] = {}
+    extra: dict[str, str] = {}
+    for item in (part for part in text.split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not key or not sep:
+            raise ConfigError(
+                f"bad item {item.strip()!r}", flag="--rdzv-conf", fix="use key1=value1,key2=value2"
+            )
+        if not value:
+            raise ConfigError(f"option {key!r} must have a value specified", flag="--rdzv-conf")
+        if key in _DURATION_KEYS:
+            fields[_DURATION_KEYS[key]] = _as_number(key, value, integer=False)
+        elif key == "keep_alive_max_attempt":
+            fields["keep_alive_max_attempt"] = int(_as_number(key, value, integer=True))
+        elif key == "is_host":
+            fields["is_host"] = _as_bool(key, value)
+        elif key == "rank":
+            fields["rank"] = int(_as_number(key, value, integer=True))
+        elif key == "store_type":
+            if value not in ("tcp", "file"):
+                raise ConfigError(
+                    f"store_type must be tcp or file, got {value!r}", flag="--rdzv-conf"
+                )
+            fields["store_type"] = value
+        elif key in _PASSTHROUGH_KEYS:
+            extra[key] = value
+        else:
+            known = sorted(
+                [
+                    *_DURATION_KEYS,
+                    "keep_alive_max_attempt",
+                    "is_host",
+                    "rank",
+                    "store_type",
+                    *_PASSTHROUGH_KEYS,
+                ]
+            )
+            raise ConfigError(
+                f"unknown key {key!r}", flag="--rdzv-conf", fix=f"known keys: {', '.join(known)}"
+            )
+    return RendezvousOptions(extra=extra, **fields)  # type: ignore[arg-type]
+
+
+def parse_nnodes(text: str) -> tuple[int, int]:
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ConfigError(
+            f"{text!r} is not in MIN:MAX format", flag="--nnodes", fix="e.g. 2 or 1:4"
+        )
+    try:
+        low, high = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a number of nodes", flag="--nnodes", fix="e.g. 2 or 1:4"
+        ) from None
+    if low <= 0 or high < low:
+        raise ConfigError(
+            f"{text!r} needs 0 < MIN <= MAX",
+            flag="--nnodes",
+            fix=f"e.g. {max(low, 1)}:{max(high, low, 1)}",
+        )
+    return low, high
+
+
+def parse_endpoint(text: str, *, default_port: int | None) -> tuple[str, int | None]:
+    """`host[:port]`, `[v6]:port`; an empty text means localhost."""
+    text = text.strip()
+    if not text:
+        return "localhost", default_port
+    match = re.fullmatch(
+        r"\[(?P<v6>[0-9a-fA-F:.%\w]+)\](?::(?P<p6>\d{1,5}))?", text
+    ) or re.fullmatch(r"(?P<host>[\w.-]+)(?::(?P<port>\d{1,5}))?", text)
+    if match is None:
+        raise ConfigError(
+            f"endpoint {text!r} is not host[:port]", flag="--rdzv-endpoint", fix="e.g. node1:29400"
+        )
+    host = match.groupdict().get("v6") or match.group("host")
+    port_text = match.groupdict().get("p6") or match.groupdict().get("port")
+    port = int(port_text) if port_text else default_port
+    if port is not None and not 0 <= port < 65536:
+        raise ConfigError(f"port {port} out of range in {text!r}", flag="--rdzv-endpoint")
+    return host, port
+
+
+def parse_signals(text: str) -> tuple[signal.Signals, ...]:
+    found: list[signal.Signals] = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        try:
+            found.append(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        except KeyError:
+            raise ConfigError(
+                f"unknown signal {name!r}", flag="--signals-to-handle", fix="e.g. SIGTERM,SIGINT"
+            ) from None
+    uncatchable = [s.name for s in found if s in (signal.SIGKILL, signal.SIGSTOP)]
+    if uncatchable:
+        raise ConfigError(f"{', '.join(uncatchable)} cannot be handled", flag="--signals-to-handle")
+    return tuple(found)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entrypoint:
+    """What each worker runs. `argv` may contain the `${local_rank}` macro."""
+
+    argv: tuple[str, ...]
+    name: str  # as torchrun names it in "<name> FAILED"
+    kind: str  # "python" | "module" | "binary" | "run_path"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    min_nodes: int
+    max_nodes: int
+    nproc_per_node: int
+    rdzv_backend: str
+    rdzv_host: str
+    rdzv_port: int | None
+    run_id: str
+    rdzv: RendezvousOptions
+    standalone: bool
+    max_restarts: int
+    monitor_interval_s: float
+    start_method: str
+    role: str
+    entrypoint: Entrypoint
+    log_dir: Path | None  # None: a fresh temp dir; /dev/null: no files at all
+    redirects: StdSpec
+    tee: StdSpec
+    local_ranks_filter: frozenset[int] | None
+    duplicate_stdout_filters: tuple[str, ...] = ()
+    duplicate_stderr_filters: tuple[str, ...] = ()
+    node_rank: int
+    master_addr: str
+    master_port: int
+    local_addr: str | None
+    signals_to_handle: tuple[signal.Signals, ...]
+    signals_to_handle_text: str
+    shutdown_timeout_s: float
+    restart_grace_s: float
+    virtual_local_rank: bool
+    event_log: Path | None
+    event_log_console: bool = False
+
+    @property
+    def rdzv_endpoint(self) -> str:
+        host = f"[{self.rdzv_host}]" if ":" in self.rdzv_host else self.rdzv_host
+        return host if self.rdzv_port is None else f"{host}:{self.rdzv_port}"
+
+    @property
+    def logs_disabled(self) -> bool:
+        return self.log_dir is not None and str(self.log_dir) == os.devnull

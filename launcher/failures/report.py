@@ -1,0 +1,151 @@
+"""Failed workers, the root cause among them, and torchrun's failure summary.
+
+`format_summary` reproduces the message of torch's `ChildFailedError` character for character
+(users grep for it and tools parse it), including its quirks: the exit-code line ends in a
+space when no signal is involved, and a signal name is preceded by two spaces.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from launcher.failures.error_file import ErrorRecord
+
+__all__ = [
+    "WorkerFailure",
+    "exit_code_for",
+    "failure_message",
+    "format_summary",
+    "root_cause",
+    "signal_name",
+]
+
+NO_TRACEBACK_HINT = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
+
+# torch caps the rules at 60 columns however long the tracebacks are.
+_MAX_WIDTH = 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerFailure:
+    """One worker that exited non-zero, as observed by the agent on `host`.
+
+    `exitcode` follows `Popen.returncode`: negative means killed by signal -exitcode.
+    `timestamp` is when the agent observed the exit (epoch seconds); `record` is the worker's
+    parsed error file, None when it wrote none.
+    """
+
+    local_rank: int
+    global_rank: int
+    pid: int
+    exitcode: int
+    error_file: Path | None
+    record: ErrorRecord | None
+    timestamp: float
+    host: str
+
+    @property
+    def failed_at(self) -> int:
+        """When the failure happened, in whole seconds: the worker's own clock when it
+        recorded one, else when it was observed. Root cause ordering and `time` use this."""
+        if self.record is not None and self.record.timestamp > 0:
+            return self.record.timestamp
+        return int(self.timestamp)
+
+
+def signal_name(exitcode: int) -> str | None:
+    """The signal's name for a negative exit code (-15 -> "SIGTERM"), else None."""
+    if exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return None
+
+
+def failure_message(f: WorkerFailure) -> str:
+    """What the summary prints after `traceback :` (before indentation)."""
+    if f.record is not None:
+        text = f.record.message if f.record.is_flat else f.record.traceback or f.record.message
+        if text:
+            return text
+    name = signal_name(f.exitcode)
+    if f.exitcode < 0:
+        return f"Signal {-f.exitcode} ({name or '<N/A>'}) received by PID {f.pid}"
+    return NO_TRACEBACK_HINT
+
+
+def root_cause(failures: Sequence[WorkerFailure]) -> WorkerFailure:
+    """The first failure: earliest `failed_at` (whole seconds), ties to the earliest listed."""
+    return failures[_root_index(failures)]
+
+
+def exit_code_for(f: WorkerFailure) -> int:
+    """The launcher's exit code for root cause `f`: the worker's code, or 128+N for signal N.
+
+    A failure never maps to 0: a root cause that somehow exited 0 gives 1.
+    """
+    if f.exitcode > 0:
+        return f.exitcode
+    if f.exitcode < 0:
+        return 128 - f.exitcode
+    return 1
+
+
+def format_summary(name: str, failures: Sequence[WorkerFailure]) -> str:
+    """torchrun's failure table for entrypoint `name`, starting with a newline like torch's.
+
+    `[idx]` is each failure's position in `failures`; the root cause is listed last.
+    """
+    root = _root_index(failures)
+    title = f"{name} FAILED"
+    blocks = [_format_failure(idx, f) for idx, f in enumerate(failures)]
+    width = min(_MAX_WIDTH, max(len(line) for b in [title, *blocks] for line in b.split("\n")))
+    others = [b for idx, b in enumerate(blocks) if idx != root] or ["  <NO_OTHER_FAILURES>"]
+    lines = [
+        "",
+        "=" * width,
+        title,
+        "-" * width,
+        "Failures:",
+        *others,
+        "-" * width,
+        "Root Cause (first observed failure):",
+        blocks[root],
+        "=" * width,
+    ]
+    return "\n".join(lines)
+
+
+def _root_index(failures: Sequence[WorkerFailure]) -> int:
+    if not failures:
+        raise ValueError("no failures: a root cause needs at least one failed worker")
+    # min() keeps the first of equal keys, which is torch's tie-break.
+    return min(range(len(failures)), key=lambda i: failures[i].failed_at)
+
+
+def _format_failure(idx: int, f: WorkerFailure) -> str:
+    name = signal_name(f.exitcode)
+    signal_part = f" ({name})" if name else ""
+    # torch prints <N/A> whenever there is no readable file, whatever path the worker had.
+    error_file = str(f.error_file) if f.error_file is not None and f.record is not None else "<N/A>"
+    message = failure_message(f)
+    if f.record is None or not f.record.is_flat:
+        # Indent continuation lines under "traceback :"; torch leaves flat messages as they are.
+        message = message.replace("\n", "\n  ")
+    when = datetime.fromtimestamp(f.failed_at).strftime("%Y-%m-%d_%H:%M:%S")
+    return "\n".join(
+        [
+            f"[{idx}]:",
+            f"  time      : {when}",
+            f"  host      : {f.host}",
+            f"  rank      : {f.global_rank} (local_rank: {f.local_rank})",
+            f"  exitcode  : {f.exitcode} (pid: {f.pid}) {signal_part}",
+            f"  error_file: {error_file}",
+            f"  traceback : {message}",
+        ]
+    )

@@ -1,0 +1,69 @@
+"""Who is in the job and with which ranks.
+
+`create_rendezvous(config)` picks the backend by name and imports it lazily, so the
+single-node path never imports torch or an etcd client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from launcher.config import LaunchConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundInfo:
+    """The outcome of one rendezvous round, as seen by one node."""
+
+    round: int
+    group_rank: int
+    group_world_size: int
+    base_global_rank: int
+    world_size: int
+    base_role_rank: int
+    role_world_size: int
+    master_addr: str
+    master_port: int
+    use_agent_store: bool
+    restart_count: int  # job-wide: every worker of the round sees the same count
+    reason: str  # why this round formed: initial, worker_failure, scale_up, node_lost, ...
+    charged: bool  # whether forming it used the restart budget
+    budget_spent: bool  # the restart budget is exhausted: stop, do not start workers
+    detail: str = ""  # what caused the round (the failing worker, the lost node)
+    members: tuple[str, ...] = ()
+
+
+class Rendezvous(Protocol):
+    def next_round(self) -> RoundInfo | None:
+        """The next round this node is a member of; None if the job ended while this node
+        waited as a spare."""
+        ...
+
+    def check(self) -> str | None:
+        """Called while workers run: why the job must re-form now, or None."""
+        ...
+
+    def wakeup_fd(self) -> int | None:
+        """Readable when `check` may have news (so the agent need not poll)."""
+        ...
+
+    def report_failure(self, detail: str) -> None: ...
+
+    def finish(self) -> None:
+        """This node's workers all succeeded."""
+        ...
+
+    def leave(self) -> None:
+        """This node is going away on purpose (a signal): let the rest re-form at once."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+def create_rendezvous(config: LaunchConfig, *, node_id: str, interrupt_fd: int) -> Rendezvous:
+    if (config.max_nodes == 1 and config.rdzv_backend in ("static", "memory")) or config.standalone:
+        from launcher.rendezvous.local import LocalRendezvous
+
+        return LocalRendezvous(config, node_id=node_id)
+    raise NotImplementedError(f"multi-node rendezvous ({config.rdzv_backend})")

@@ -1,0 +1,82 @@
+"""Runs the pure protocol generators against a real Store and a real clock."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from launcher.rendezvous.state import (
+    Add,
+    CompareSet,
+    Feedback,
+    Get,
+    MultiGet,
+    MultiSet,
+    Op,
+    Set,
+    Sleep,
+)
+from launcher.rendezvous.store import Store
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A wakeup fd (a signal to the agent) became readable while the protocol slept."""
+
+
+def perform(store: Store, op: Op) -> Any:
+    if isinstance(op, Get):
+        return store.get(op.key)
+    if isinstance(op, MultiGet):
+        return tuple(store.multi_get(op.keys))
+    if isinstance(op, Set):
+        store.set(op.key, op.value)
+        return None
+    if isinstance(op, MultiSet):
+        store.multi_set(op.items)
+        return None
+    if isinstance(op, CompareSet):
+        return store.compare_set(op.key, op.expected, op.value)
+    if isinstance(op, Add):
+        return store.add(op.key, op.delta)
+    raise TypeError(f"not a store operation: {op!r}")
+
+
+class Driver:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interrupt_fd: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._interrupt_fd = interrupt_fd
+        self._clock = clock
+
+    def run(self, gen: Generator[Op, Feedback, T]) -> T:
+        try:
+            op = next(gen)
+            while True:
+                if isinstance(op, Sleep):
+                    self._sleep(op.seconds)
+                    reply = None
+                else:
+                    reply = perform(self.store, op)
+                op = gen.send((reply, self._clock()))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _sleep(self, seconds: float) -> None:
+        if self._interrupt_fd is None:
+            time.sleep(seconds)
+            return
+        readable, _, _ = select.select([self._interrupt_fd], [], [], seconds)
+        if readable:
+            raise Interrupted()
+
+    def now(self) -> float:
+        return self._clock()

@@ -1,0 +1,114 @@
+"""The one-node rendezvous: standalone (`--standalone`, or torchrun's implicit single-node
+mode) and single-node static (`--master-port`).
+
+The agent hosts the workers' bootstrap store itself (TORCHELASTIC_USE_AGENT_STORE=True,
+as under torchrun) on a socket it binds first, so the port is reserved before any worker
+exists and stays the same across restarts. No torch import: the store speaks TCPStore's
+wire protocol from the standard library.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from launcher.config import LaunchConfig
+from launcher.errors import ConfigError
+from launcher.rendezvous import RoundInfo
+from launcher.workers.agent_store import AgentStoreServer
+
+
+def _bind_address(master_addr: str) -> str:
+    try:
+        infos = socket.getaddrinfo(master_addr, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return ""
+    addresses = {info[4][0] for info in infos}
+    # A loopback master address keeps the store off the network; anything else may be
+    # reached through any of the host's addresses, as torch's TCPStore allows.
+    if addresses and all(str(a).startswith("127.") for a in addresses):
+        return str(sorted(addresses)[0])
+    return ""
+
+
+def bind_listener(master_addr: str, port: int, *, flag: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((_bind_address(master_addr), port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {master_addr} is already in use",
+                flag=flag,
+                fix="pick another port, or drop the flag to let the launcher choose a free one",
+            ) from err
+        raise ConfigError(f"cannot bind {master_addr}:{port}: {err.strerror}", flag=flag) from err
+    sock.listen(1024)
+    return sock
+
+
+class LocalRendezvous:
+    def __init__(self, config: LaunchConfig, *, node_id: str) -> None:
+        self._config = config
+        self._node_id = node_id
+        if config.standalone:
+            self.master_addr = config.local_addr or socket.getfqdn()
+            listener = bind_listener(self.master_addr, 0, flag="--standalone")
+        else:
+            self.master_addr = config.rdzv_host
+            listener = bind_listener(self.master_addr, config.rdzv_port or 0, flag="--master-port")
+        self.master_port = int(listener.getsockname()[1])
+        self._store = AgentStoreServer(listener)
+        self._store.start()
+        self._round = -1
+        self._restart_count = 0
+        self._pending_failure: str | None = None
+
+    def next_round(self) -> RoundInfo:
+        self._round += 1
+        if self._round > 0:
+            # Workers prefix keys by restart count, which a membership change keeps: start
+            # every round from an empty store so no stale key can leak into it.
+            self._store.reset()
+        detail, self._pending_failure = self._pending_failure, None
+        if detail is not None:
+            self._restart_count += 1
+        nproc = self._config.nproc_per_node
+        return RoundInfo(
+            round=self._round,
+            group_rank=0,
+            group_world_size=1,
+            base_global_rank=0,
+            world_size=nproc,
+            base_role_rank=0,
+            role_world_size=nproc,
+            master_addr=self.master_addr,
+            master_port=self.master_port,
+            use_agent_store=True,
+            restart_count=self._restart_count,
+            reason="initial" if self._round == 0 else "worker_failure",
+            charged=detail is not None,
+            budget_spent=self._restart_count > self._config.max_restarts,
+            detail=detail or "",
+            members=(self._node_id,),
+        )
+
+    def check(self) -> str | None:
+        return None
+
+    def wakeup_fd(self) -> int | None:
+        return None
+
+    def report_failure(self, detail: str) -> None:
+        self._pending_failure = detail
+
+    def finish(self) -> None:
+        return None
+
+    def leave(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self._store.stop()

@@ -1,0 +1,67 @@
+"""The pure rendezvous core (see model.py for the key layout and the driving contract).
+
+No I/O anywhere below: time and store replies come in, store operations go out. Both the
+agent (launcher.rendezvous.dynamic) and the simulator (chaos.sim) drive these generators.
+"""
+
+from launcher.rendezvous.state.model import (
+    FAILED,
+    OK,
+    Add,
+    Assignment,
+    CompareSet,
+    Feedback,
+    Get,
+    JobOver,
+    Keys,
+    MultiGet,
+    MultiSet,
+    NodeInfo,
+    Op,
+    Params,
+    RendezvousTimeout,
+    Set,
+    Sleep,
+    Step,
+    round_of,
+)
+from launcher.rendezvous.state.protocol import (
+    WatchState,
+    bump,
+    check_round,
+    finish,
+    heartbeat,
+    join,
+    leave,
+    report_failure,
+)
+
+__all__ = [
+    "FAILED",
+    "OK",
+    "Add",
+    "Assignment",
+    "CompareSet",
+    "Feedback",
+    "Get",
+    "JobOver",
+    "Keys",
+    "MultiGet",
+    "MultiSet",
+    "NodeInfo",
+    "Op",
+    "Params",
+    "RendezvousTimeout",
+    "Set",
+    "Sleep",
+    "Step",
+    "WatchState",
+    "bump",
+    "check_round",
+    "finish",
+    "heartbeat",
+    "join",
+    "leave",
+    "report_failure",
+    "round_of",
+]

@@ -1,0 +1,207 @@
+"""The rendezvous protocol, as a pure core: no sockets, no clocks, no sleeps.
+
+Each protocol step is a generator. It yields store operations (and `Sleep`s) as values;
+the driver performs them and sends back `(reply, now)`, where `now` is the caller's
+monotonic clock. The real agent drives it against TCPStore or etcd; the simulator drives
+the very same generators against a simulated store on a virtual clock.
+
+Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickles):
+
+    round               "<r>:<writer>" the round now forming or running (CAS to bump)
+    r<r>/seq            counter: join order; slot = value - 1
+    r<r>/node/<slot>    the joiner's NodeInfo
+    r<r>/expected       counter: how many nodes the bumper expects back (a hint)
+    r<r>/bump           why round r exists (reason, by whom)
+    r<r>/close          the closing decision {size, closer}; CAS from absent, so exactly one
+    r<r>/assign/<slot>  the member's Assignment, written by the closer (O(N) once a round)
+    r<r>/succeeded      counter: members whose workers all exited 0
+    last                the last completed round {round, size, restart_count}
+    hb/<node>           heartbeat counter of one agent incarnation
+    dead/<node>         "lost" or "left": this incarnation may never join again
+    done                "succeeded" or "failed": the job is over (spares exit 0)
+
+Per node and round a joiner does O(1) operations (plus polling while it waits); only the
+closer does O(N) work, once. Liveness is judged by whether a heartbeat counter moved within
+the observer's own clock, never by comparing clocks of different machines. Each member
+watches one other (its successor in group-rank order), so watching is O(1) per node too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# -- operations the core asks the driver to perform ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Get:
+    """Reply: the value, or None if the key is absent (never blocks)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class MultiGet:
+    """Reply: a tuple of values (None for absent keys)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Set:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class MultiSet:
+    items: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CompareSet:
+    """Set `key` to `value` only if it currently holds `expected` (None: absent).
+
+    Reply: the value the key holds afterwards. Callers make every `value` unique to the
+    writer, so "reply == value" means this writer won.
+    """
+
+    key: str
+    expected: str | None
+    value: str
+
+
+@dataclass(frozen=True)
+class Add:
+    """Reply: the counter's new value (an absent counter starts at 0)."""
+
+    key: str
+    delta: int
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Reply: None. The driver may return early (a signal, a store notification)."""
+
+    seconds: float
+
+
+Op = Get | MultiGet | Set | MultiSet | CompareSet | Add | Sleep
+# What the driver sends back: the reply to the last op and the current monotonic time.
+Feedback = tuple[Any, float]
+Step = Generator[Op, Feedback, Any]
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    run_id: str
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int
+    join_timeout_s: float = 600.0
+    last_call_timeout_s: float = 30.0
+    poll_interval_s: float = 0.05
+    assign_timeout_s: float = 10.0
+    keep_alive_interval_s: float = 1.0
+    keep_alive_max_attempt: int = 3
+    # static rendezvous: fixed group ranks from --node-rank, no elasticity
+    static: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    node_id: str  # unique per agent incarnation
+    addr: str  # what workers use as MASTER_ADDR if this node gets group rank 0
+    master_port: int  # the port this agent already holds for the workers' store
+    nproc: int
+    prev_round: int = -1  # the last round this node was a member of
+    prev_group_rank: int = -1
+    node_rank: int = -1  # static rendezvous only
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeInfo:
+        return cls(**json.loads(text))
+
+
+OK, FAILED = "ok", "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assignment:
+    round: int
+    group_rank: int
+    group_world_size: int
+    base_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    restart_count: int
+    reason: str  # why this round formed: initial, worker_failure, scale_up, node_lost, ...
+    charged: bool  # whether forming it used the restart budget
+    status: str = OK  # FAILED: the restart budget is spent, every member must stop
+    watch: str = ""  # node id of the member this one watches (its successor)
+    detail: str = ""  # what caused the round (e.g. the failing worker), for reports
+    members: tuple[str, ...] = field(default=())  # filled only for small rounds (<= 64)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Assignment:
+        raw = json.loads(text)
+        raw["members"] = tuple(raw.get("members", ()))
+        return cls(**raw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOver:
+    """The job ended (succeeded or failed) while this node waited: spares exit 0."""
+
+    outcome: str
+
+
+class RendezvousTimeout(Exception):
+    def __init__(self, *, run_id: str, waited_s: float, joined: int, needed: int) -> None:
+        self.run_id, self.waited_s, self.joined, self.needed = run_id, waited_s, joined, needed
+        super().__init__(
+            f"no round formed within {waited_s:.0f}s: {joined} node(s) joined, {needed} needed"
+        )
+
+
+class Keys:
+    def __init__(self, run_id: str) -> None:
+        self.prefix = f"rdzv/{run_id}/"
+
+    def __getattr__(self, name: str) -> str:  # round, last, done
+        return self.prefix + name
+
+    def r(self, rnd: int, name: str) -> str:
+        return f"{self.prefix}r{rnd}/{name}"
+
+    def node(self, rnd: int, slot: int) -> str:
+        return f"{self.prefix}r{rnd}/node/{slot}"
+
+    def assign(self, rnd: int, slot: int) -> str:
+        return f"{self.prefix}r{rnd}/assign/{slot}"
+
+    def hb(self, node_id: str) -> str:
+        return f"{self.prefix}hb/{node_id}"
+
+    def dead(self, node_id: str) -> str:
+        return f"{self.prefix}dead/{node_id}"
+
+
+def round_of(value: str | None) -> int:
+    return -1 if value is None else int(value.split(":", 1)[0])
+
+
+MEMBERS_LISTED_UP_TO = 64

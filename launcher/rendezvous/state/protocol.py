@@ -1,0 +1,347 @@
+"""The rendezvous protocol steps, as generators (see model.py for the contract)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass
+
+from launcher.rendezvous.state.model import (
+    FAILED,
+    MEMBERS_LISTED_UP_TO,
+    OK,
+    Add,
+    Assignment,
+    CompareSet,
+    Feedback,
+    Get,
+    JobOver,
+    Keys,
+    MultiGet,
+    MultiSet,
+    NodeInfo,
+    Op,
+    Params,
+    RendezvousTimeout,
+    Set,
+    Sleep,
+    round_of,
+)
+
+Gen = Generator[Op, Feedback, object]
+
+# Reasons a round exists; the first is round 0's.
+INITIAL, WORKER_FAILURE, SCALE_UP, NODE_LOST, NODE_LEFT, CLOSER_LOST = (
+    "initial",
+    "worker_failure",
+    "scale_up",
+    "node_lost",
+    "node_left",
+    "closer_lost",
+)
+# Spares and waiters poll less often than joiners: nothing they do is urgent.
+_SPARE_POLL_FACTOR = 10
+
+
+def join(p: Params, me: NodeInfo, *, now: float) -> Generator[Op, Feedback, Assignment | JobOver]:
+    """Joins the next round that can take this node and returns its assignment.
+
+    Spares (the round is full) wait until a round has room; if the job ends first, the
+    result is JobOver. Raises RendezvousTimeout if no round forms within join_timeout_s.
+    """
+    k = Keys(p.run_id)
+    deadline = now + p.join_timeout_s
+    while True:
+        cur, now = yield Get(k.round)
+        if cur is None:
+            cur, now = yield CompareSet(k.round, None, f"0:{me.node_id}")
+        rnd = round_of(cur)
+        done, now = yield Get(k.done)
+        if done is not None:
+            return JobOver(outcome=str(done))
+        closed, now = yield Get(k.r(rnd, "close"))
+        if closed is not None:
+            size = int(json.loads(closed)["size"])
+            if not p.static and size < p.max_nodes:
+                # A running job with room for us: ask every member to re-form with us.
+                yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=size + 1)
+                continue
+            over = yield from wait_for_change(p, rnd)
+            if over is not None:
+                return over
+            deadline = now + p.join_timeout_s  # a spare's wait does not count
+            continue
+        result = yield from _join_round(p, me, rnd, deadline)
+        if result is not None:
+            return result
+
+
+def _join_round(
+    p: Params, me: NodeInfo, rnd: int, deadline: float
+) -> Generator[Op, Feedback, Assignment | JobOver | None]:
+    """Takes a slot in round `rnd`; None means: start over (the round moved on, or full)."""
+    k = Keys(p.run_id)
+    seq, now = yield Add(k.r(rnd, "seq"), 1)
+    slot = int(seq) - 1
+    yield Set(k.node(rnd, slot), me.to_json())
+    if slot >= p.max_nodes:
+        return (yield from wait_for_change(p, rnd))
+    min_seen_at: float | None = None
+    while True:
+        closed, now = yield Get(k.r(rnd, "close"))
+        if closed is not None:
+            break
+        cur, now = yield Get(k.round)
+        if round_of(cur) != rnd:
+            return None
+        joined, now = yield Add(k.r(rnd, "seq"), 0)
+        expected, now = yield Add(k.r(rnd, "expected"), 0)
+        if joined >= p.min_nodes and min_seen_at is None:
+            min_seen_at = now
+        size = decide_size(p, int(joined), int(expected), min_seen_at, now)
+        if size:
+            decision = json.dumps({"size": size, "closer": me.node_id})
+            closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
+            if closed == decision:
+                yield from _close_round(p, rnd, size)
+            break
+        if now >= deadline:
+            raise RendezvousTimeout(
+                run_id=p.run_id,
+                waited_s=p.join_timeout_s,
+                joined=int(joined),
+                needed=p.min_nodes,
+            )
+        yield Sleep(p.poll_interval_s)
+    if slot >= int(json.loads(closed)["size"]):
+        return (yield from wait_for_change(p, rnd))
+    give_up = now + p.assign_timeout_s
+    while True:
+        raw, now = yield Get(k.assign(rnd, slot))
+        if raw is not None:
+            return Assignment.from_json(raw)
+        if now >= give_up:
+            # The closer died between deciding and assigning: nobody can finish this round.
+            cur, now = yield Get(k.round)
+            if round_of(cur) == rnd:
+                size = int(json.loads(closed)["size"])
+                yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
+            return None
+        yield Sleep(p.poll_interval_s)
+
+
+def decide_size(
+    p: Params, joined: int, expected: int, min_seen_at: float | None, now: float
+) -> int:
+    """How many joiners the round closes with now (0: keep waiting). Pure."""
+    if joined >= p.max_nodes:
+        return p.max_nodes
+    if p.static or joined < p.min_nodes or min_seen_at is None:
+        return 0
+    # `expected` is the bumper's count of nodes coming back (0: unknown, e.g. round 0).
+    if expected > 0 and joined >= expected:
+        return joined
+    if now - min_seen_at >= p.last_call_timeout_s:
+        return joined
+    return 0
+
+
+def _close_round(p: Params, rnd: int, size: int) -> Generator[Op, Feedback, None]:
+    """The closer's O(N) work, once per round: order members, assign ranks, publish."""
+    k = Keys(p.run_id)
+    keys = tuple(k.node(rnd, slot) for slot in range(size))
+    raws, now = yield MultiGet(keys)
+    give_up = now + p.assign_timeout_s
+    # A joiner takes its slot and writes its descriptor in two steps; give it a moment.
+    while any(raw is None for raw in raws) and now < give_up:
+        yield Sleep(p.poll_interval_s)
+        raws, now = yield MultiGet(keys)
+    nodes = [(slot, NodeInfo.from_json(raw)) for slot, raw in enumerate(raws) if raw is not None]
+    last_raw, now = yield Get(k.last)
+    last = json.loads(last_raw) if last_raw is not None else None
+    bump_raw, now = yield Get(k.r(rnd, "bump"))
+    bumped = json.loads(bump_raw) if bump_raw is not None else {"reason": INITIAL, "detail": ""}
+    reason, detail = str(bumped["reason"]), str(bumped.get("detail", ""))
+    ordered = order_members(p, nodes, last_round=last["round"] if last else None)
+    returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
+    lost_someone = last is not None and returning < int(last["size"])
+    charged = reason == WORKER_FAILURE and not lost_someone
+    restart_count = (int(last["restart_count"]) if last else 0) + (1 if charged else 0)
+    status = FAILED if restart_count > p.max_restarts else OK
+    world = sum(n.nproc for _, n in ordered)
+    master = ordered[0][1]
+    members = tuple(n.node_id for _, n in ordered) if len(ordered) <= MEMBERS_LISTED_UP_TO else ()
+    items: list[tuple[str, str]] = []
+    base = 0
+    for group_rank, (slot, node) in enumerate(ordered):
+        successor = ordered[(group_rank + 1) % len(ordered)][1].node_id
+        assignment = Assignment(
+            round=rnd,
+            group_rank=group_rank,
+            group_world_size=len(ordered),
+            base_rank=base,
+            world_size=world,
+            master_addr=master.addr,
+            master_port=master.master_port,
+            restart_count=restart_count,
+            reason=reason,
+            charged=charged,
+            status=status,
+            watch=successor if successor != node.node_id else "",
+            members=members,
+            detail=detail,
+        )
+        items.append((k.assign(rnd, slot), assignment.to_json()))
+        base += node.nproc
+    yield MultiSet(tuple(items))
+    last_now = {"round": rnd, "size": len(ordered), "restart_count": restart_count}
+    yield Set(k.last, json.dumps(last_now, sort_keys=True))
+
+
+def order_members(
+    p: Params, nodes: list[tuple[int, NodeInfo]], *, last_round: int | None
+) -> list[tuple[int, NodeInfo]]:
+    """Group-rank order: static by --node-rank; otherwise members of the last round first,
+    in their old order (survivors keep their relative order), then newcomers by address
+    and id, so the order never depends on who happened to join first."""
+
+    def key(item: tuple[int, NodeInfo]) -> tuple[int, int, str, str]:
+        _, node = item
+        if p.static:
+            return (0, node.node_rank, "", node.node_id)
+        if last_round is not None and node.prev_round == last_round:
+            return (0, node.prev_group_rank, "", node.node_id)
+        return (1, 0, node.addr, node.node_id)
+
+    return sorted(nodes, key=key)
+
+
+def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | None]:
+    """Waits until the round moves past `rnd` (None) or the job ends (JobOver)."""
+    k = Keys(p.run_id)
+    while True:
+        yield Sleep(p.poll_interval_s * _SPARE_POLL_FACTOR)
+        done, _ = yield Get(k.done)
+        if done is not None:
+            return JobOver(outcome=str(done))
+        cur, _ = yield Get(k.round)
+        if round_of(cur) != rnd:
+            return None
+
+
+def bump(
+    p: Params, current: str | None, *, reason: str, by: str, expected: int, detail: str = ""
+) -> Generator[Op, Feedback, bool]:
+    """Moves the job from the round in `current` to the next one. True if this call did it
+    (False: someone else already moved it, which is just as good)."""
+    k = Keys(p.run_id)
+    rnd = round_of(current)
+    new = f"{rnd + 1}:{by}"
+    result, _ = yield CompareSet(k.round, current, new)
+    if result != new:
+        return False
+    record = {"reason": reason, "by": by, "detail": detail}
+    yield Set(k.r(rnd + 1, "bump"), json.dumps(record, sort_keys=True))
+    if expected > 0:
+        yield Add(k.r(rnd + 1, "expected"), expected)
+    return True
+
+
+def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
+    """The running member's O(1) check: None, or why the job is re-forming."""
+    k = Keys(p.run_id)
+    cur, _ = yield Get(k.round)
+    new = round_of(cur)
+    if new == rnd:
+        return None
+    record, _ = yield Get(k.r(new, "bump"))
+    return str(json.loads(record)["reason"]) if record is not None else "unknown"
+
+
+def report_failure(
+    p: Params, a: Assignment, *, by: str, detail: str
+) -> Generator[Op, Feedback, None]:
+    """A local worker failed: every node must restart (job-wide), the closer of the next
+    round decides whether it is charged to the restart budget."""
+    k = Keys(p.run_id)
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == a.round:
+        yield from bump(
+            p, cur, reason=WORKER_FAILURE, by=by, expected=a.group_world_size, detail=detail
+        )
+
+
+def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:
+    """A deliberate exit: mark this incarnation gone and let the rest re-form at once."""
+    k = Keys(p.run_id)
+    yield Set(k.dead(me), "left")
+    if a is None:
+        return
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == a.round:
+        yield from bump(p, cur, reason=NODE_LEFT, by=me, expected=a.group_world_size - 1)
+
+
+def finish(p: Params, a: Assignment) -> Generator[Op, Feedback, bool]:
+    """This member's workers all succeeded; the last one to finish marks the job done.
+    Returns True when every member has finished."""
+    k = Keys(p.run_id)
+    count, _ = yield Add(k.r(a.round, "succeeded"), 1)
+    if int(count) >= a.group_world_size:
+        yield Set(k.done, "succeeded")
+        return True
+    return False
+
+
+def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
+    yield Set(Keys(p.run_id).done, FAILED)
+
+
+@dataclass
+class WatchState:
+    """What one member knows about the one it watches (mutable, owned by its driver)."""
+
+    round: int
+    group_world_size: int
+    watched: str
+    last_value: int | None = None
+    last_change: float = 0.0
+
+
+def heartbeat(
+    p: Params, me: str, watch: WatchState | None, *, now: float
+) -> Generator[Op, Feedback, str | None]:
+    """One keep-alive tick: beat, check we are not declared dead, check the watched node.
+
+    Returns "declared_dead" if this incarnation was declared dead (it must rejoin under a
+    new id), "node_lost" if it just declared its watched node dead, else None.
+    """
+    k = Keys(p.run_id)
+    yield Add(k.hb(me), 1)
+    mine, now = yield Get(k.dead(me))
+    if mine is not None:
+        return "declared_dead"
+    if watch is None or not watch.watched:
+        return None
+    value, now = yield Add(k.hb(watch.watched), 0)
+    if value != watch.last_value:
+        watch.last_value, watch.last_change = int(value), now
+        return None
+    if now - watch.last_change < p.keep_alive_interval_s * p.keep_alive_max_attempt:
+        return None
+    yield Set(k.dead(watch.watched), "lost")
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == watch.round:
+        yield from bump(
+            p,
+            cur,
+            reason=NODE_LOST,
+            by=me,
+            expected=watch.group_world_size - 1,
+            detail=watch.watched,
+        )
+    else:
+        # The job is already re-forming: tell the forming round not to wait for the dead.
+        yield Add(k.r(round_of(cur), "expected"), -1)
+    watch.watched = ""
+    return "node_lost"

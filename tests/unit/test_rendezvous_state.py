@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from launcher.rendezvous.state import (
+    Assignment,
+    JobOver,
+    NodeInfo,
+    Params,
+    RendezvousTimeout,
+    WatchState,
+    finish,
+    heartbeat,
+    join,
+    report_failure,
+)
+from tests.rdzv_harness import Sim, agent_loop
+
+
+def params(**kw: object) -> Params:
+    base = dict(run_id="job", min_nodes=1, max_nodes=4, max_restarts=3, last_call_timeout_s=2.0)
+    base.update(kw)
+    return Params(**base)  # type: ignore[arg-type]
+
+
+def node(i: int, *, nproc: int = 2, prev: Assignment | None = None, addr: str = "") -> NodeInfo:
+    return NodeInfo(
+        node_id=f"n{i}",
+        addr=addr or f"10.0.0.{i}",
+        master_port=1000 + i,
+        nproc=nproc,
+        prev_round=prev.round if prev else -1,
+        prev_group_rank=prev.group_rank if prev else -1,
+    )
+
+
+def check_round(results: list[Assignment]) -> None:
+    assert len({a.round for a in results}) == 1
+    sizes = {a.group_world_size for a in results}
+    assert sizes == {len(results)}
+    assert sorted(a.group_rank for a in results) == list(range(len(results)))
+    by_rank = sorted(results, key=lambda a: a.group_rank)
+    assert by_rank[0].base_rank == 0
+    assert (
+        len({(a.master_addr, a.master_port, a.world_size, a.restart_count) for a in results}) == 1
+    )
+
+
+def test_fixed_size_round_closes_when_all_join() -> None:
+    p = params(min_nodes=3, max_nodes=3)
+    sim = Sim(seed=1)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0), at=0.1 * i) for i in range(3)]
+    sim.run()
+    results = [t.result for t in tasks]
+    check_round(results)
+    assert sim.now < 1.0  # no last-call wait for a fixed size
+    ranks = {t.name: t.result.group_rank for t in tasks}
+    assert ranks == {"n0": 0, "n1": 1, "n2": 2}  # newcomers ordered by address
+    assert results[0].master_addr == "10.0.0.0" and results[0].world_size == 6
+
+
+def test_elastic_round_waits_last_call_then_closes_with_what_joined() -> None:
+    p = params(min_nodes=2, max_nodes=4, last_call_timeout_s=3.0)
+    sim = Sim(seed=2)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
+    sim.run()
+    check_round([t.result for t in tasks])
+    assert 3.0 <= sim.now < 3.5
+
+
+def test_spare_beyond_max_waits_and_exits_when_job_done() -> None:
+    p = params(min_nodes=2, max_nodes=2)
+    sim = Sim(seed=3)
+    members = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
+    spare = sim.spawn("n9", join(p, node(9), now=0.0), at=0.5)
+    sim.run(until=2.0)
+    check_round([t.result for t in members])
+    assert not spare.done
+    for t in members:
+        sim.spawn(f"fin-{t.name}", finish(p, t.result))
+    sim.run()
+    assert spare.result == JobOver(outcome="succeeded")
+
+
+def test_scale_up_bumps_the_round_and_keeps_survivor_order() -> None:
+    p = params(min_nodes=1, max_nodes=3, last_call_timeout_s=30.0)
+    sim = Sim(seed=4)
+    first = [
+        sim.spawn(f"n{i}", join(p, node(i, addr=f"10.0.0.{9 - i}"), now=0.0)) for i in range(2)
+    ]
+    sim.run()
+    round0 = {t.name: t.result for t in first}
+    assert round0["n1"].group_rank == 0  # lower address first
+    assert sim.now > 29  # 1:3 with two nodes: last call
+    start = sim.now
+    newcomer = sim.spawn("n5", join(p, node(5, addr="10.0.0.1"), now=start))
+    sim.run(until=start + 0.5)
+    # members notice the bump and rejoin
+    rejoin = [
+        sim.spawn(
+            f"re-{n}",
+            join(p, node(int(n[1:]), prev=a, addr=f"10.0.0.{9 - int(n[1:])}"), now=sim.now),
+        )
+        for n, a in round0.items()
+    ]
+    sim.run()
+    results = [t.result for t in rejoin] + [newcomer.result]
+    check_round(results)
+    assert sim.now - start < 2.0  # expected count reached: no last-call wait
+    assert results[0].reason == "scale_up" and not results[0].charged
+    order = {a.group_rank: name for a, name in zip(results, ["n0", "n1", "n5"], strict=True)}
+    assert order == {0: "n1", 1: "n0", 2: "n5"}  # survivors first, in their old order
+
+
+def test_worker_failure_is_charged_job_wide_until_budget_spent() -> None:
+    p = params(min_nodes=2, max_nodes=2, max_restarts=1)
+    sim = Sim(seed=5)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
+    sim.run()
+    current = [t.result for t in tasks]
+    for expected_count, expected_status in [(1, "ok"), (2, "failed")]:
+        sim.spawn("fail", report_failure(p, current[1], by="n1", detail="rank 3 exit 1"))
+        sim.run()
+        tasks = [
+            sim.spawn(f"n{i}", join(p, node(i, prev=current[i]), now=sim.now)) for i in range(2)
+        ]
+        sim.run()
+        current = [t.result for t in tasks]
+        check_round(current)
+        assert {a.restart_count for a in current} == {expected_count}
+        assert {a.status for a in current} == {expected_status}
+        assert current[0].detail == "rank 3 exit 1" and current[0].charged
+
+
+def test_node_loss_detected_by_watcher_and_not_charged() -> None:
+    p = params(min_nodes=1, max_nodes=3, keep_alive_interval_s=1.0, keep_alive_max_attempt=3)
+    sim = Sim(seed=6)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
+    sim.run()
+    round0 = [t.result for t in tasks]
+    watcher = next(a for a in round0 if a.watch == "n2")
+    state = WatchState(round=0, group_world_size=3, watched="n2")
+    outcomes = []
+    for _ in range(6):  # n2 is dead: it never beats
+        task = sim.spawn(
+            "hb", heartbeat(p, "n0" if watcher is round0[0] else "n1", state, now=sim.now)
+        )
+        sim.run()
+        outcomes.append(task.result)
+        sim.now += 1.0
+    assert outcomes.count("node_lost") == 1
+    survivors = [i for i in range(3) if i != 2]
+    rejoin = [sim.spawn(f"n{i}", join(p, node(i, prev=round0[i]), now=sim.now)) for i in survivors]
+    sim.run()
+    results = [t.result for t in rejoin]
+    check_round(results)
+    assert results[0].reason == "node_lost" and not results[0].charged
+    assert results[0].restart_count == 0 and results[0].group_world_size == 2
+
+
+def test_join_timeout() -> None:
+    p = params(min_nodes=3, max_nodes=3, join_timeout_s=5.0)
+    sim = Sim(seed=7)
+    task = sim.spawn("n0", join(p, node(0), now=0.0))
+    sim.run()
+    assert isinstance(task.error, RendezvousTimeout)
+    assert "1 node(s) joined, 3 needed" in str(task.error)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 8),
+    min_nodes=st.integers(1, 8),
+    max_extra=st.integers(0, 4),
+    delays=st.lists(st.floats(0, 3), min_size=8, max_size=8),
+)
+def test_any_interleaving_settles_on_one_consistent_round(
+    seed: int, n: int, min_nodes: int, max_extra: int, delays: list[float]
+) -> None:
+    min_nodes = min(min_nodes, n)
+    p = params(min_nodes=min_nodes, max_nodes=min_nodes + max_extra, last_call_timeout_s=1.0)
+    sim = Sim(seed=seed)
+    logs: list[list[object]] = [[] for _ in range(n)]
+    for i in range(n):
+
+        def info_for(prev: Assignment | None, i: int = i) -> NodeInfo:
+            return node(i, nproc=1 + i % 3, prev=prev)
+
+        sim.spawn(f"n{i}", agent_loop(p, info_for, logs[i], end=30.0), at=delays[i])
+    sim.run(until=40.0)
+    assert all(t.error is None for t in sim.tasks), [t.error for t in sim.tasks]
+    finals = [log[-1] for log in logs if log and isinstance(log[-1], Assignment)]
+    last_round = max(a.round for a in finals)
+    members = [a for a in finals if a.round == last_round]
+    # everyone who can fit is in the final round; the rest are spares
+    assert len(members) == min(n, p.max_nodes)
+    check_round(members)
+    ordered = sorted(members, key=lambda a: a.group_rank)
+    assert [a.base_rank for a in ordered] == sorted(a.base_rank for a in ordered)
+    assert ordered[-1].base_rank < ordered[0].world_size
+    # rounds only increase for every node, and nobody was ever charged a restart
+    for log in logs:
+        rounds = [a.round for a in log if isinstance(a, Assignment)]
+        assert rounds == sorted(set(rounds))
+    assert all(a.restart_count == 0 for a in finals)
+
+
+def test_static_orders_by_node_rank() -> None:
+    p = params(min_nodes=3, max_nodes=3, static=True)
+    sim = Sim(seed=8)
+    infos = [
+        NodeInfo(node_id=f"n{i}", addr=f"h{i}", master_port=1, nproc=1, node_rank=2 - i)
+        for i in range(3)
+    ]
+    tasks = [sim.spawn(f"n{i}", join(p, infos[i], now=0.0)) for i in range(3)]
+    sim.run()
+    assert [t.result.group_rank for t in tasks] == [2, 1, 0]
+    assert tasks[0].result.master_addr == "h2"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_declared_dead_node_learns_it(seed: int) -> None:
+    p = params()
+    sim = Sim(seed=seed)
+    sim.store.set("rdzv/job/dead/n1", "lost")
+    task = sim.spawn("hb", heartbeat(p, "n1", None, now=0.0))
+    sim.run()
+    assert task.result == "declared_dead"
