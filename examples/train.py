@@ -9,6 +9,7 @@ launcher's failure summary.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -51,6 +52,12 @@ def main() -> None:
     if rank == 0:
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT")
         print(f"done: world_size={world} restarts={restarts} weights in sync", flush=True)
+    # Free DDP (its reducer sits in a reference cycle, hence the collect) before tearing the
+    # group down: gloo work still holding tensors at interpreter exit aborts the process
+    # with SIGABRT under torchrun too (a known torch issue).
+    del model, opt, gathered
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
