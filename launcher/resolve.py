@@ -215,18 +215,19 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             raise ConfigError(f"{args.node_rank} is not in 0..{max_nodes - 1}", flag="--node-rank")
     else:
         default = DEFAULT_ETCD_PORT if backend.startswith("etcd") else DEFAULT_C10D_PORT
-        host, port = parse_endpoint(endpoint_text, default_port=default)
-    if not standalone and max_nodes > 1 and backend != "static":
+        first = endpoint_text.split(",")[0] if backend.startswith("etcd") else endpoint_text
+        if "," in endpoint_text and not backend.startswith("etcd"):
+            raise ConfigError(
+                f"{backend} takes one endpoint, got {endpoint_text!r}",
+                flag="--rdzv-endpoint",
+                fix="several endpoints are for an etcd cluster (--rdzv-backend etcd)",
+            )
+        host, port = parse_endpoint(first, default_port=default)
+        for extra in endpoint_text.split(",")[1:]:
+            parse_endpoint(extra, default_port=default)
+    if backend == "memory" and max_nodes > 1:
         raise ConfigError(
-            f"multi-node rendezvous ({backend}) is not available in this version of the launcher",
-            flag="--rdzv-backend",
-            fix="run single-node (--nnodes 1) or use torchrun for multi-node jobs until it lands",
-        )
-    if backend == "static" and max_nodes > 1:
-        raise ConfigError(
-            "multi-node static rendezvous is not available in this version of the launcher",
-            flag="--nnodes",
-            fix="run single-node (--nnodes 1)",
+            "the memory backend runs one node", flag="--rdzv-backend", fix="use c10d or etcd"
         )
     shutdown = args.shutdown_timeout
     if shutdown is None:
@@ -256,6 +257,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         rdzv_backend=backend,
         rdzv_host=host,
         rdzv_port=port,
+        rdzv_endpoint_text=endpoint_text.strip(),
         run_id=run_id,
         rdzv=rdzv,
         standalone=standalone,

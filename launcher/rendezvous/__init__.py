@@ -66,4 +66,6 @@ def create_rendezvous(config: LaunchConfig, *, node_id: str, interrupt_fd: int) 
         from launcher.rendezvous.local import LocalRendezvous
 
         return LocalRendezvous(config, node_id=node_id)
-    raise NotImplementedError(f"multi-node rendezvous ({config.rdzv_backend})")
+    from launcher.rendezvous.dynamic import DynamicRendezvous
+
+    return DynamicRendezvous(config, node_id=node_id, interrupt_fd=interrupt_fd)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+from launcher.errors import RendezvousConnectionError
 from launcher.rendezvous.state import (
     Add,
     CompareSet,
@@ -65,7 +66,13 @@ class Driver:
                     self._sleep(op.seconds)
                     reply = None
                 else:
-                    reply = perform(self.store, op)
+                    try:
+                        reply = perform(self.store, op)
+                    except (RuntimeError, OSError, ValueError) as err:
+                        # torch's TCPStore raises these (DistStoreError is a RuntimeError)
+                        raise RendezvousConnectionError(
+                            f"rendezvous store operation failed: {_first_line(err)}"
+                        ) from err
                 op = gen.send((reply, self._clock()))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -80,3 +87,8 @@ class Driver:
 
     def now(self) -> float:
         return self._clock()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

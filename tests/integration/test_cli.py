@@ -68,7 +68,8 @@ def test_module_no_python_and_run_path(procs: Procs, tmp_path: Path) -> None:
         (["--rdzv-conf", "join_timeout=abc", "{probe}"], "join_timeout"),
         (["--log-dir", "{blocker}/sub", "{probe}"], "--log-dir"),
         (["--no-python", "./not-a-binary", "{probe}"], "not-a-binary"),
-        (["--nnodes", "2", "--rdzv-backend", "c10d", "{probe}"], "multi-node"),
+        (["--rdzv-backend", "c10d", "--rdzv-endpoint", "a:1,b:2", "{probe}"], "one endpoint"),
+        (["--rdzv-endpoint", "bad host!", "--nnodes", "2", "{probe}"], "--rdzv-endpoint"),
         (["--max-restarts", "x", "{probe}"], "max-restarts"),
     ],
 )

@@ -36,7 +36,9 @@ def test_restarts_until_success(procs: Procs, tmp_path: Path) -> None:
     starts = [line.split() for line in (tmp_path / "starts.txt").read_text().splitlines()]
     counts = sorted({int(s[0]) for s in starts})
     assert counts == [0, 1, 2]
-    assert len(starts) == 9  # three attempts of three workers
+    # the last attempt ran every worker (earlier ones may have been stopped before their
+    # first line, since rank 1 fails at once)
+    assert sorted(int(s[1]) for s in starts if s[0] == "2") == [0, 1, 2]
     restarts = [e for e in _events(log) if e.name == ev.GROUP_RESTART]
     assert [e.fields["restart_count"] for e in restarts] == [1, 2]
     assert all(e.fields["reason"] == "worker_failure" for e in restarts)

@@ -79,7 +79,9 @@ def test_spare_beyond_max_waits_and_exits_when_job_done() -> None:
     check_round([t.result for t in members])
     assert not spare.done
     for t in members:
-        sim.spawn(f"fin-{t.name}", finish(p, t.result))
+        sim.spawn(
+            f"fin-{t.name}", finish(p, t.result, hosting=t.name == "n0", timeout_s=5, now=sim.now)
+        )
     sim.run()
     assert spare.result == JobOver(outcome="succeeded")
 

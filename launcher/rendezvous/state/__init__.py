@@ -33,6 +33,7 @@ from launcher.rendezvous.state.protocol import (
     heartbeat,
     join,
     leave,
+    mark_failed,
     report_failure,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "heartbeat",
     "join",
     "leave",
+    "mark_failed",
     "report_failure",
     "round_of",
 ]

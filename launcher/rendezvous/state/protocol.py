@@ -41,6 +41,8 @@ INITIAL, WORKER_FAILURE, SCALE_UP, NODE_LOST, NODE_LEFT, CLOSER_LOST = (
 )
 # Spares and waiters poll less often than joiners: nothing they do is urgent.
 _SPARE_POLL_FACTOR = 10
+# How long a store host waits for the other members' goodbyes after the job is done.
+_HOST_GRACE_S = 10.0
 
 
 def join(p: Params, me: NodeInfo, *, now: float) -> Generator[Op, Feedback, Assignment | JobOver]:
@@ -282,15 +284,28 @@ def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback
         yield from bump(p, cur, reason=NODE_LEFT, by=me, expected=a.group_world_size - 1)
 
 
-def finish(p: Params, a: Assignment) -> Generator[Op, Feedback, bool]:
-    """This member's workers all succeeded; the last one to finish marks the job done.
-    Returns True when every member has finished."""
+def finish(
+    p: Params, a: Assignment, *, hosting: bool, timeout_s: float, now: float
+) -> Generator[Op, Feedback, str]:
+    """The exit barrier of a member whose workers all succeeded.
+
+    The last member to finish marks the job done (spares then exit 0). Every member waits,
+    bounded, until the job is done or moved on, then says it is leaving; the member that
+    hosts the store waits for those goodbyes too, so the store never vanishes under a
+    member still using it. Returns "succeeded", "moved_on" or "timeout".
+    """
     k = Keys(p.run_id)
-    count, _ = yield Add(k.r(a.round, "succeeded"), 1)
+    count, now = yield Add(k.r(a.round, "succeeded"), 1)
     if int(count) >= a.group_world_size:
         yield Set(k.done, "succeeded")
-        return True
-    return False
+    outcome = yield from _await_job_end(p, a, until=now + timeout_s)
+    released, now = yield Add(k.r(a.round, "released"), 1)
+    if hosting:
+        give_up = now + min(timeout_s, _HOST_GRACE_S)
+        while int(released) < a.group_world_size and now < give_up:
+            yield Sleep(p.poll_interval_s)
+            released, now = yield Add(k.r(a.round, "released"), 0)
+    return outcome
 
 
 def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
@@ -345,3 +360,17 @@ def heartbeat(
         yield Add(k.r(round_of(cur), "expected"), -1)
     watch.watched = ""
     return "node_lost"
+
+
+def _await_job_end(p: Params, a: Assignment, *, until: float) -> Generator[Op, Feedback, str]:
+    k = Keys(p.run_id)
+    now = -float("inf")
+    while now < until:
+        done, now = yield Get(k.done)
+        if done is not None:
+            return str(done)
+        cur, now = yield Get(k.round)
+        if round_of(cur) != a.round:
+            return "moved_on"
+        yield Sleep(p.poll_interval_s)
+    return "timeout"
