@@ -26,6 +26,7 @@ from launcher.config import LaunchConfig
 from launcher.failures.error_file import read_error_file, write_parent_error_file
 from launcher.failures.report import WorkerFailure, exit_code_for, format_summary, root_cause
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
+from launcher.rendezvous.driver import Interrupted
 from launcher.workers.env import (
     RoundContext,
     WorkerRanks,
@@ -138,7 +139,11 @@ class Agent:
         while True:
             if self.inbox.drain():
                 return self._signaled(self.inbox.received[0])
-            rnd = rdzv.next_round()
+            try:
+                rnd = rdzv.next_round()
+            except Interrupted:
+                self.inbox.drain()
+                return self._signaled(self.inbox.received[0])
             if rnd is None:
                 log.warning("the job ended while this node waited as a spare; exiting")
                 return AgentResult(outcome=SPARE_DONE, exit_code=0, restarts=self.restart_count)

@@ -8,17 +8,10 @@ values base64) with the standard library only:
 - the maintained v3 Python clients pull grpc and protobuf, with pins that fight torch's;
 - the JSON gateway is part of etcd itself (every member serves it on its client port).
 
-Atomicity: `compare_set` is one txn (compare on `value`, or `create_revision == 0` for an
-absent key). `add` is a read-modify-write loop of txns comparing `mod_revision`; each txn also
-writes a per-thread marker key with a fresh token, so a retried txn whose first copy was
-applied (the reply was lost) is recognised and never counted twice. `multi_set` and
-`multi_get` are one txn each, split into txns of at most `MAX_TXN_OPS` operations (etcd's
-default `--max-txn-ops`), so they are atomic only up to that size.
-
-Failover: each request goes to the member that answered last; on a connection error, a
-timeout or an "unavailable" reply it moves to the next member, and keeps cycling (with a
-short backoff) until one answers or `timeout_s` has passed, then raises
-`RendezvousConnectionError` naming every endpoint and the last error. See docs/etcd.md.
+`compare_set` is one txn; `add` a loop of txns on `mod_revision` that also write a per-thread
+marker token, so a retried txn whose reply was lost never counts twice; `multi_get` and
+`multi_set` are one txn per `MAX_TXN_OPS` keys. Each request goes to the member that answered
+last and fails over to the others until `timeout_s`. Details: docs/etcd.md.
 """
 
 from __future__ import annotations
@@ -41,7 +34,11 @@ log = logging.getLogger(__name__)
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 _MAX_TXN_BYTES = 512 * 1024  # well under etcd's default 1.5 MiB request limit
 _CONNECT_TIMEOUT_S = 2.0  # a member that does not accept a connection in 2 s is skipped
-_REPLY_TIMEOUT_S = 10.0  # longer than etcd's own proposal timeout (about 7 s)
+# A follower whose proposal went to a leader that just died answers only after etcd's own
+# 7 s request timeout, while another member answers right after the election (~1 s): the
+# first pass over the members waits 2 s for a reply, each later pass twice as long.
+_REPLY_TIMEOUT_S = 2.0
+_REPLY_TIMEOUT_MAX_S = 16.0
 _BACKOFF_MAX_S = 1.0
 # gRPC codes worth trying on another member: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 # UNAVAILABLE (no leader, leader changed, request timed out, member stopping).
@@ -90,16 +87,28 @@ def _kv(response: Json) -> tuple[str | None, int]:
 
 
 def _chunks(ops: list[Json]) -> list[list[Json]]:
-    chunks: list[list[Json]] = [[]]
+    """Splits ops into txns etcd accepts (operation count and request size)."""
+    chunks: list[list[Json]] = []
     size = 0
     for op in ops:
         op_size = len(json.dumps(op))
-        if chunks[-1] and (len(chunks[-1]) >= MAX_TXN_OPS or size + op_size > _MAX_TXN_BYTES):
+        if not chunks or len(chunks[-1]) >= MAX_TXN_OPS or size + op_size > _MAX_TXN_BYTES:
             chunks.append([])
             size = 0
         chunks[-1].append(op)
         size += op_size
     return chunks
+
+
+def _decode(data: bytes) -> Json:
+    """A reply body as JSON; anything else (a proxy's error page) as {"message": text}."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict):
+        return reply
+    return {"message": data[:200].decode(errors="replace")}
 
 
 class EtcdStore:
@@ -125,10 +134,8 @@ class EtcdStore:
         self._protocol = protocol
         self._ssl = ssl.create_default_context() if protocol == "https" else None
         self._preferred = 0  # index of the member that answered last
-        self._markers = f"{prefix}_adds/{uuid.uuid4().hex}/"  # this client's add markers
+        self._markers = f"_adds/{uuid.uuid4().hex}/"  # this client's add markers (keys)
         self._added = False
-
-    # -- the Store protocol ----------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
         return _kv(self._request("/v3/kv/range", {"key": self._key(key)}))[0]
@@ -136,7 +143,7 @@ class EtcdStore:
     def multi_get(self, keys: Sequence[str]) -> list[str | None]:
         ops = [{"request_range": {"key": self._key(key)}} for key in keys]
         values: list[str | None] = []
-        for chunk in _chunks(ops) if ops else []:
+        for chunk in _chunks(ops):
             reply = self._request("/v3/kv/txn", {"success": chunk})
             values.extend(_kv(r["response_range"])[0] for r in reply["responses"])
         return values
@@ -147,7 +154,7 @@ class EtcdStore:
     def multi_set(self, items: Sequence[tuple[str, str]]) -> None:
         # etcd rejects a txn that puts one key twice; the last value wins, as with a dict.
         ops = [self._put(key, value) for key, value in dict(items).items()]
-        for chunk in _chunks(ops) if ops else []:
+        for chunk in _chunks(ops):
             self._request("/v3/kv/txn", {"success": chunk})
 
     def compare_set(self, key: str, expected: str | None, value: str) -> str:
@@ -187,10 +194,10 @@ class EtcdStore:
                     "compare": [
                         {"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": revision}
                     ],
-                    "success": [self._put(key, str(total)), self._put(marker, token, raw=True)],
+                    "success": [self._put(key, str(total)), self._put(marker, token)],
                     "failure": [
                         {"request_range": {"key": k}},
-                        {"request_range": {"key": _b64(marker)}},
+                        {"request_range": {"key": self._key(marker)}},
                     ],
                 },
             )
@@ -205,22 +212,18 @@ class EtcdStore:
         """Removes this client's add markers (best effort: a crashed client leaves them)."""
         if not self._added:
             return
-        start = _b64(self._markers)
-        end = _b64(self._markers[:-1] + chr(ord(self._markers[-1]) + 1))
+        start, end = self._key(self._markers), self._key(self._markers[:-1] + "0")  # "/" + 1
         try:
             self._request("/v3/kv/deleterange", {"key": start, "range_end": end}, timeout_s=5.0)
         except RendezvousConnectionError as err:
             log.warning("etcd: could not remove add markers under %s: %s", self._markers, err)
         self._added = False
 
-    # -- transport -------------------------------------------------------------------------
-
     def _key(self, key: str) -> str:
         return _b64(self.prefix + key)
 
-    def _put(self, key: str, value: str, *, raw: bool = False) -> Json:
-        full = key if raw else self.prefix + key
-        return {"request_put": {"key": _b64(full), "value": _b64(value)}}
+    def _put(self, key: str, value: str) -> Json:
+        return {"request_put": {"key": self._key(key), "value": _b64(value)}}
 
     def _url(self, index: int) -> str:
         host, port = self.endpoints[index]
@@ -230,7 +233,8 @@ class EtcdStore:
         """POSTs to the preferred member, failing over to the others until one answers."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         payload = json.dumps(body).encode()
-        backoff, last_error, count = 0.05, "", len(self.endpoints)
+        backoff, reply_timeout, last_error = 0.05, _REPLY_TIMEOUT_S, ""
+        count = len(self.endpoints)
         while True:
             first = self._preferred
             for index in [(first + offset) % count for offset in range(count)]:
@@ -239,16 +243,17 @@ class EtcdStore:
                     break
                 url = self._url(index)
                 try:
-                    status, data = self._post(index, path, payload, remaining)
-                    reply: Json = json.loads(data) if data else {}
-                except (OSError, http.client.HTTPException, ValueError) as err:
+                    timeouts = (min(remaining, _CONNECT_TIMEOUT_S), min(remaining, reply_timeout))
+                    status, data = self._post(index, path, payload, timeouts)
+                except (OSError, http.client.HTTPException) as err:
                     last_error = f"{url}: {type(err).__name__}: {err}"
                     continue
+                reply = _decode(data)
                 if status == 200:
                     self._preferred = index
                     return reply
-                message = str(reply.get("message") or reply.get("error") or data[:200])
-                if status >= 500 or reply.get("code") in _RETRY_CODES:
+                message = str(reply.get("message") or reply.get("error"))
+                if status in (502, 503, 504) or reply.get("code") in _RETRY_CODES:
                     last_error = f"{url}: HTTP {status}: {message}"
                     continue
                 raise RendezvousError(
@@ -267,18 +272,22 @@ class EtcdStore:
                 )
             time.sleep(min(backoff, remaining))  # every member failed: back off, retry
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            reply_timeout = min(reply_timeout * 2, _REPLY_TIMEOUT_MAX_S)
 
-    def _post(self, index: int, path: str, payload: bytes, remaining: float) -> tuple[int, bytes]:
+    def _post(
+        self, index: int, path: str, payload: bytes, timeouts: tuple[float, float]
+    ) -> tuple[int, bytes]:
+        """One POST on a fresh connection; timeouts: (connect, reply) in seconds."""
         host, port = self.endpoints[index]
         conn: http.client.HTTPConnection
-        timeout = min(remaining, _CONNECT_TIMEOUT_S)
+        timeout, reply_timeout = timeouts
         if self._ssl is not None:
             conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.connect()
-            conn.sock.settimeout(min(remaining, _REPLY_TIMEOUT_S))
+            conn.sock.settimeout(reply_timeout)
             headers = {"Content-Type": "application/json"}
             conn.request("POST", path, body=payload, headers=headers)
             response = conn.getresponse()
