@@ -215,7 +215,9 @@ class Agent:
             self.group.wait(timeout)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + cfg.monitor_interval_s
-                if self._rendezvous is not None and self._rendezvous.check() is not None:
+                reason = self._rendezvous.check() if self._rendezvous is not None else None
+                if reason is not None:
+                    self.events.emit(ev.RDZV_CHANGED, reason=reason)
                     return MEMBERSHIP
 
     def _start_workers(self, rnd: RoundInfo) -> None:

@@ -23,6 +23,7 @@ AGENT_STARTED = "agent.started"
 AGENT_SIGNAL = "agent.signal.received"
 AGENT_EXIT = "agent.exit"
 RDZV_ROUND_COMPLETE = "rendezvous.round.complete"
+RDZV_CHANGED = "rendezvous.membership.changed"
 WORKER_STARTED = "worker.started"
 WORKER_EXITED = "worker.exited"
 GROUP_FAILED = "group.failed"
@@ -36,6 +37,7 @@ KNOWN_EVENTS = frozenset(
         AGENT_SIGNAL,
         AGENT_EXIT,
         RDZV_ROUND_COMPLETE,
+        RDZV_CHANGED,
         WORKER_STARTED,
         WORKER_EXITED,
         GROUP_FAILED,

@@ -122,8 +122,9 @@ class DynamicRendezvous:
         self._news: str | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop = threading.Event()
+        # Started after the first successful join: before that there is nothing to watch,
+        # and an unreachable store must give one error line, not a heartbeat warning too.
         self._hb_thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
-        self._hb_thread.start()
 
     def _new_id(self) -> str:
         return f"{self._base_id}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -164,6 +165,8 @@ class DynamicRendezvous:
                 last_change=time.monotonic(),
             )
             self._news = None
+        if not self._hb_thread.is_alive() and not self._stop.is_set():
+            self._hb_thread.start()
         if result.status == FAILED:
             self._driver.run(mark_failed(self.params))
         return RoundInfo(
@@ -248,7 +251,8 @@ class DynamicRendezvous:
 
     def shutdown(self) -> None:
         self._stop.set()
-        self._hb_thread.join(timeout=5)
+        if self._hb_thread.is_alive():
+            self._hb_thread.join(timeout=5)
         if self._server is not None:
             self._server.stop()
         os.close(self._wake_r)
