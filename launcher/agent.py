@@ -23,6 +23,7 @@ from pathlib import Path
 
 from launcher import events as ev
 from launcher.config import LaunchConfig
+from launcher.errors import LauncherError
 from launcher.failures.error_file import read_error_file, write_parent_error_file
 from launcher.failures.report import WorkerFailure, exit_code_for, format_summary, root_cause
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
@@ -80,8 +81,10 @@ class Agent:
     ) -> None:
         self.config = config
         self.inbox = inbox
-        self.host = socket.getfqdn()
-        self.node_id = config.local_addr or self.host
+        # torchrun names the FQDN; with --local-addr (several agents on one machine, or a
+        # chosen interface) that address tells the nodes apart in the summary.
+        self.host = config.local_addr or socket.getfqdn()
+        self.node_id = self.host
         self._agent_env = dict(os.environ if environ is None else environ)
         # Fork the guardian before any thread exists (the pump and the store start threads).
         self.guardian = Guardian()
@@ -114,8 +117,18 @@ class Agent:
         )
         try:
             result = self._loop()
-        finally:
+        except LauncherError as err:
             self._close()
+            self.events.emit(
+                ev.AGENT_EXIT, outcome="error", exit_code=err.exit_code, reason=str(err)
+            )
+            self.events.close()
+            self.guardian.close()
+            raise
+        except BaseException:
+            self._close()
+            raise
+        self._close()
         self.events.emit(
             ev.AGENT_EXIT,
             outcome=result.outcome,
@@ -163,6 +176,7 @@ class Agent:
                 budget_spent=rnd.budget_spent,
             )
             if rnd.budget_spent:
+                rdzv.finish(succeeded=False)
                 return self._failed(failures, remote_detail=rnd.detail)
             self.restart_count = rnd.restart_count
             if rnd.reason != "initial":

@@ -50,8 +50,9 @@ class Rendezvous(Protocol):
 
     def report_failure(self, detail: str) -> None: ...
 
-    def finish(self) -> None:
-        """This node's workers all succeeded."""
+    def finish(self, *, succeeded: bool = True) -> None:
+        """The end of this node's part: its workers all succeeded, or the job failed (the
+        restart budget is spent). Waits, bounded, so peers can finish with the store."""
         ...
 
     def leave(self) -> None:

@@ -70,8 +70,10 @@ class Driver:
                         reply = perform(self.store, op)
                     except (RuntimeError, OSError, ValueError) as err:
                         # torch's TCPStore raises these (DistStoreError is a RuntimeError)
+                        where = getattr(self.store, "endpoint", "")
                         raise RendezvousConnectionError(
-                            f"rendezvous store operation failed: {_first_line(err)}"
+                            f"store operation failed{' at ' + where if where else ''}: "
+                            f"{_first_line(err)}"
                         ) from err
                 op = gen.send((reply, self._clock()))
         except StopIteration as stop:

@@ -36,7 +36,6 @@ from launcher.rendezvous.state import (
     heartbeat,
     join,
     leave,
-    mark_failed,
     report_failure,
 )
 from launcher.rendezvous.store import Store
@@ -167,8 +166,6 @@ class DynamicRendezvous:
             self._news = None
         if not self._hb_thread.is_alive() and not self._stop.is_set():
             self._hb_thread.start()
-        if result.status == FAILED:
-            self._driver.run(mark_failed(self.params))
         return RoundInfo(
             round=result.round,
             group_rank=result.group_rank,
@@ -220,7 +217,7 @@ class DynamicRendezvous:
                 report_failure(self.params, self.assignment, by=self.node_id, detail=detail)
             )
 
-    def finish(self) -> None:
+    def finish(self, *, succeeded: bool = True) -> None:
         a = self.assignment
         if a is None:
             return
@@ -233,6 +230,7 @@ class DynamicRendezvous:
                     hosting=self._hosting,
                     timeout_s=EXIT_BARRIER_TIMEOUT_S,
                     now=self._driver.now(),
+                    succeeded=succeeded,
                 )
             )
         except RendezvousConnectionError as err:
@@ -240,7 +238,7 @@ class DynamicRendezvous:
             # a failure (torchrun's exit barrier logs and ignores this too).
             log.warning("exit barrier: %s", err)
             return
-        if outcome != "succeeded":
+        if outcome not in ("succeeded", FAILED):
             log.warning("exit barrier ended with %s", outcome)
 
     def leave(self) -> None:

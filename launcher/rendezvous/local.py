@@ -104,7 +104,7 @@ class LocalRendezvous:
     def report_failure(self, detail: str) -> None:
         self._pending_failure = detail
 
-    def finish(self) -> None:
+    def finish(self, *, succeeded: bool = True) -> None:
         return None
 
     def leave(self) -> None:

@@ -19,6 +19,8 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
     hb/<node>           heartbeat counter of one agent incarnation
     dead/<node>         "lost" or "left": this incarnation may never join again
     done                "succeeded" or "failed": the job is over (spares exit 0)
+    spares              counter: nodes waiting as spares right now
+    spares_seen_end     counter: spares that saw `done` (the store host waits for them)
 
 Per node and round a joiner does O(1) operations (plus polling while it waits); only the
 closer does O(N) work, once. Liveness is judged by whether a heartbeat counter moved within

@@ -221,13 +221,18 @@ def order_members(
 def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | None]:
     """Waits until the round moves past `rnd` (None) or the job ends (JobOver)."""
     k = Keys(p.run_id)
+    # Counted so that a store host waits for waiting spares to see the end of the job
+    # before taking the store down (see finish).
+    yield Add(k.spares, 1)
     while True:
         yield Sleep(p.poll_interval_s * _SPARE_POLL_FACTOR)
         done, _ = yield Get(k.done)
         if done is not None:
+            yield Add(k.spares_seen_end, 1)
             return JobOver(outcome=str(done))
         cur, _ = yield Get(k.round)
         if round_of(cur) != rnd:
+            yield Add(k.spares, -1)
             return None
 
 
@@ -285,27 +290,43 @@ def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback
 
 
 def finish(
-    p: Params, a: Assignment, *, hosting: bool, timeout_s: float, now: float
+    p: Params,
+    a: Assignment,
+    *,
+    hosting: bool,
+    timeout_s: float,
+    now: float,
+    succeeded: bool = True,
 ) -> Generator[Op, Feedback, str]:
-    """The exit barrier of a member whose workers all succeeded.
+    """The exit barrier of a member: its workers all succeeded, or the job failed (the
+    restart budget is spent).
 
-    The last member to finish marks the job done (spares then exit 0). Every member waits,
-    bounded, until the job is done or moved on, then says it is leaving; the member that
-    hosts the store waits for those goodbyes too, so the store never vanishes under a
-    member still using it. Returns "succeeded", "moved_on" or "timeout".
+    On success the last member to finish marks the job done; every member waits, bounded,
+    until the job is done or moved on. Then each says goodbye, and the member hosting the
+    store waits (bounded) for the other members' goodbyes and for the waiting spares to see
+    the end, so the store never vanishes under a node still using it.
+    Returns "succeeded", "failed", "moved_on" or "timeout".
     """
     k = Keys(p.run_id)
-    count, now = yield Add(k.r(a.round, "succeeded"), 1)
-    if int(count) >= a.group_world_size:
-        yield Set(k.done, "succeeded")
-    outcome = yield from _await_job_end(p, a, until=now + timeout_s)
+    if succeeded:
+        count, now = yield Add(k.r(a.round, "succeeded"), 1)
+        if int(count) >= a.group_world_size:
+            yield Set(k.done, "succeeded")
+        outcome = yield from _await_job_end(p, a, until=now + timeout_s)
+    else:
+        yield Set(k.done, FAILED)
+        outcome = FAILED
     released, now = yield Add(k.r(a.round, "released"), 1)
     if hosting:
         give_up = now + min(timeout_s, _HOST_GRACE_S)
-        while int(released) < a.group_world_size and now < give_up:
+        while now < give_up:
+            spares, now = yield Add(k.spares, 0)
+            seen, now = yield Add(k.spares_seen_end, 0)
+            if int(released) >= a.group_world_size and int(seen) >= int(spares):
+                break
             yield Sleep(p.poll_interval_s)
             released, now = yield Add(k.r(a.round, "released"), 0)
-    return outcome
+    return str(outcome)
 
 
 def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
