@@ -21,7 +21,8 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+            # `from launcher import events` imports launcher.events
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 

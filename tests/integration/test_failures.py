@@ -66,8 +66,10 @@ def test_budget_exhausted_reports_root_cause(procs: Procs, tmp_path: Path) -> No
     assert re.search(r"rank\s+: 2 \(local_rank: 2\)", root)
     assert re.search(r"exitcode\s+: 7 \(pid: \d+\) \n", root)
     assert "(SIGTERM)" in summary[: summary.index("Root Cause")]  # the stopped siblings
-    starts = (tmp_path / "starts.txt").read_text().splitlines()
-    assert len(starts) == 6
+    starts = [line.split() for line in (tmp_path / "starts.txt").read_text().splitlines()]
+    # two attempts; the failing rank ran in both (siblings may be stopped before line one)
+    assert sorted(s[0] for s in starts if s[1] == "2") == ["0", "1"]
+    assert {s[0] for s in starts} == {"0", "1"}
     names = [e.name for e in _events(log)]
     assert names.count(ev.GROUP_RESTART) == 1 and names.count(ev.GROUP_FAILED) == 2
     final = [e for e in _events(log) if e.name == ev.AGENT_EXIT][-1]
