@@ -83,20 +83,29 @@ def agent_loop(
     """A virtual agent: join, then watch the round; rejoin whenever it moves; stop at `end`.
 
     `info_for(prev_assignment)` builds this node's NodeInfo; `log` receives each result."""
-    from launcher.rendezvous.state import Assignment, check_round, join
+    from launcher.rendezvous.state import Assignment, WatchState, check_round, heartbeat, join
 
     prev = None
     _, now = yield Sleep(0)
     while now < end:
-        result = yield from join(p, info_for(prev), now=now)
+        info = info_for(prev)
+        result = yield from join(p, info, now=now)
         log.append(result)
         if not isinstance(result, Assignment):
             return
         prev = result
+        watch = WatchState(
+            round=result.round, group_world_size=result.group_world_size,
+            watched=result.watch, last_change=now,
+        )
+        next_beat = now
         while True:
             _, now = yield Sleep(poll_s)
             if now >= end:
                 return
+            if now >= next_beat:  # the real agent beats from a thread, as often
+                next_beat = now + p.keep_alive_interval_s
+                yield from heartbeat(p, info.node_id, watch, now=now)
             reason = yield from check_round(p, result.round)
             if reason is not None:
                 break

@@ -32,6 +32,7 @@ from launcher.rendezvous.state import (
     RendezvousTimeout,
     WatchState,
     check_round,
+    declared_dead,
     finish,
     heartbeat,
     join,
@@ -130,6 +131,12 @@ class DynamicRendezvous:
 
     # -- the Rendezvous interface --------------------------------------------------------
     def next_round(self) -> RoundInfo | None:
+        if self.assignment is not None and self._driver.run(
+            declared_dead(self.params, self.node_id)
+        ):
+            # e.g. this node was paused long enough for its watcher to give up on it
+            self.node_id = self._new_id()
+            self.assignment = None
         listener = bind_listener(self.addr, 0, flag="--local-addr")
         prev = self.assignment
         info = NodeInfo(

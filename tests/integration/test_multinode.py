@@ -399,7 +399,6 @@ def test_worker_failure_restarts_every_node(cluster: Callable[..., Cluster]) -> 
         assert end.fields["outcome"] == "succeeded" and end.fields["restarts"] == 1
 
 
-
 def test_restart_budget_is_job_wide(cluster: Callable[..., Cluster]) -> None:
     c = cluster(nnodes="2", nproc=2, max_restarts=1, FAIL_RANK="3", FAIL_TIMES="99", FAIL_CODE="7")
     healthy, failing = ADDRS[0], ADDRS[1]  # rank 3 lives on group rank 1
@@ -435,7 +434,6 @@ def test_restart_budget_is_job_wide(cluster: Callable[..., Cluster]) -> None:
 
 
 # -- spares and a wrong endpoint ---------------------------------------------------------
-
 
 
 @pytest.mark.slow

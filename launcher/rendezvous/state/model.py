@@ -15,6 +15,7 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
     r<r>/close          the closing decision {size, closer}; CAS from absent, so exactly one
     r<r>/assign/<slot>  the member's Assignment, written by the closer (O(N) once a round)
     r<r>/succeeded      counter: members whose workers all exited 0
+    r<r>/alive          counter: bumped by every member's heartbeat (spares watch it)
     last                the last completed round {round, size, restart_count}
     hb/<node>           heartbeat counter of one agent incarnation
     dead/<node>         "lost" or "left": this incarnation may never join again

@@ -115,7 +115,15 @@ def _join_round(
                 needed=p.min_nodes,
             )
         yield Sleep(p.poll_interval_s)
-    if slot >= int(json.loads(closed)["size"]):
+    size = int(json.loads(closed)["size"])
+    if slot >= size:
+        # Took a slot just after the round closed. With room left, ask for a new round at
+        # once (as a newcomer to a running job would) instead of idling as a spare.
+        if not p.static and size < p.max_nodes:
+            cur, now = yield Get(k.round)
+            if round_of(cur) == rnd:
+                yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=size + 1)
+            return None
         return (yield from wait_for_change(p, rnd))
     give_up = now + p.assign_timeout_s
     while True:
@@ -126,7 +134,6 @@ def _join_round(
             # The closer died between deciding and assigning: nobody can finish this round.
             cur, now = yield Get(k.round)
             if round_of(cur) == rnd:
-                size = int(json.loads(closed)["size"])
                 yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
             return None
         yield Sleep(p.poll_interval_s)
@@ -219,21 +226,42 @@ def order_members(
 
 
 def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | None]:
-    """Waits until the round moves past `rnd` (None) or the job ends (JobOver)."""
+    """Waits until the round moves past `rnd` (None) or the job ends (JobOver).
+
+    A waiting spare also watches the round's `alive` counter (every member's heartbeat
+    bumps it): if every member died, nobody is left to notice, so the spare moves the job
+    to a new round itself.
+    """
     k = Keys(p.run_id)
     # Counted so that a store host waits for waiting spares to see the end of the job
     # before taking the store down (see finish).
     yield Add(k.spares, 1)
+    alive_value, now = yield Add(k.r(rnd, "alive"), 0)
+    alive_since = now
     while True:
         yield Sleep(p.poll_interval_s * _SPARE_POLL_FACTOR)
-        done, _ = yield Get(k.done)
+        done, now = yield Get(k.done)
         if done is not None:
             yield Add(k.spares_seen_end, 1)
             return JobOver(outcome=str(done))
-        cur, _ = yield Get(k.round)
+        cur, now = yield Get(k.round)
         if round_of(cur) != rnd:
             yield Add(k.spares, -1)
             return None
+        closed, now = yield Get(k.r(rnd, "close"))
+        if closed is None:
+            continue  # still forming: its joiners are alive by definition
+        value, now = yield Add(k.r(rnd, "alive"), 0)
+        if value != alive_value:
+            alive_value, alive_since = value, now
+        elif now - alive_since >= _dead_after_s(p):
+            yield Add(k.spares, -1)
+            yield from bump(p, cur, reason=NODE_LOST, by="spare", expected=0, detail="all")
+            return None
+
+
+def _dead_after_s(p: Params) -> float:
+    return p.keep_alive_interval_s * p.keep_alive_max_attempt
 
 
 def bump(
@@ -329,6 +357,13 @@ def finish(
     return str(outcome)
 
 
+def declared_dead(p: Params, me: str) -> Generator[Op, Feedback, bool]:
+    """Whether peers gave this incarnation up for dead (then it must rejoin as a new one:
+    a dead identity never enters a round again)."""
+    mine, _ = yield Get(Keys(p.run_id).dead(me))
+    return mine is not None
+
+
 def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
     yield Set(Keys(p.run_id).done, FAILED)
 
@@ -354,6 +389,8 @@ def heartbeat(
     """
     k = Keys(p.run_id)
     yield Add(k.hb(me), 1)
+    if watch is not None:
+        yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
     mine, now = yield Get(k.dead(me))
     if mine is not None:
         return "declared_dead"
@@ -363,7 +400,7 @@ def heartbeat(
     if value != watch.last_value:
         watch.last_value, watch.last_change = int(value), now
         return None
-    if now - watch.last_change < p.keep_alive_interval_s * p.keep_alive_max_attempt:
+    if now - watch.last_change < _dead_after_s(p):
         return None
     yield Set(k.dead(watch.watched), "lost")
     cur, _ = yield Get(k.round)

@@ -1,0 +1,121 @@
+"""How the rendezvous scales, in the simulator: N = 10 .. 10,000 virtual agents running the
+launcher's own protocol core, one of them crashing after the first round.
+
+    python3 bench/sim_scaling.py [--seed 7] [--sizes 10,30,...] [--json PATH] [--svg PATH]
+
+For each N (min = 80% of N, max = N): wall time, virtual time of round 0 and of the
+re-formation after the crash, store ops and bytes per node per round. Targets:
+
+    wall       10,000 nodes complete a round in under 60 s of wall time (one core)
+    flat ops   store ops per node per round stay flat from N = 10 to 10,000 (max/min <= 1.5)
+    re-form    crash -> new round complete within the documented bound, at every N
+    correct    every run safe and live
+
+Writes JSON (default bench/results/sim_scaling.json) and an SVG picture of the curves.
+Exit code: 0 every target met, 1 a target missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from chaos.sim import SimConfig, parse_faults  # noqa: E402
+from chaos.sim.cli import format_point  # noqa: E402
+from chaos.sim.sweep import SIZES, scaling_svg, sweep  # noqa: E402
+
+WALL_TARGET_S = 60.0
+FLAT_RATIO = 1.5
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--crash-at", type=float, default=3.0, help="virtual s of the crash")
+    ap.add_argument("--json", type=Path, default=BENCH / "results" / "sim_scaling.json")
+    ap.add_argument("--svg", type=Path, default=BENCH / "results" / "sim_scaling.svg")
+    args = ap.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    top = max(sizes)
+    base = SimConfig(
+        nodes=top,
+        min_nodes=top * 8 // 10,
+        max_nodes=top,
+        seed=args.seed,
+        faults=parse_faults(f"crash:~1@{args.crash_at:g}"),  # the node: drawn from the seed
+    )
+    print(f"sim scaling: seed {args.seed}, min 80% of N, one crash at {args.crash_at:g} s")
+    points = sweep(base, sizes, progress=lambda p: print(format_point(p), flush=True))
+
+    checks: list[tuple[str, bool, str]] = []
+    biggest = points[-1]
+    first = biggest.result.rounds[0] if biggest.result.rounds else None
+    wall = first.wall_s if first and first.completed_s is not None else float("inf")
+    checks.append(
+        (
+            "wall",
+            wall < WALL_TARGET_S,
+            f"N={biggest.nodes}: round 0 complete after {wall:.2f} s wall "
+            f"(whole run {biggest.result.wall_s:.2f} s; target < {WALL_TARGET_S:g} s)",
+        )
+    )
+    for which in (0, 1):
+        per_node = [
+            p.result.rounds[which].ops_per_node for p in points if len(p.result.rounds) > which
+        ]
+        ratio = max(per_node) / min(per_node) if per_node else float("inf")
+        checks.append(
+            (
+                f"flat ops r{which}",
+                ratio <= FLAT_RATIO,
+                f"round {which}: {min(per_node):.1f} .. {max(per_node):.1f} ops/node "
+                f"(max/min {ratio:.2f}; target <= {FLAT_RATIO})",
+            )
+        )
+    late = [p for p in points if p.reform_s is None or p.reform_s > p.result.reform_bound_s]
+    checks.append(
+        (
+            "re-form",
+            not late,
+            "crash -> round complete: "
+            + ", ".join(
+                f"{p.nodes}: {p.reform_s:.2f} s" if p.reform_s else f"{p.nodes}: -" for p in points
+            )
+            + f" (bound {points[0].result.reform_bound_s:.1f} s)",
+        )
+    )
+    bad = [p.nodes for p in points if not p.result.ok]
+    checks.append(("correct", not bad, f"unsafe or not live at N = {bad}" if bad else "all ok"))
+    for name, ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'} {name:<12} {text}")
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "seed": args.seed,
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "points": [p.row() for p in points],
+                "checks": [{"name": n, "ok": ok, "detail": t} for n, ok, t in checks],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    args.svg.write_text(
+        scaling_svg(points, f"rendezvous simulator, seed {args.seed}, min 80% of N, one crash")
+    )
+    print(f"json: {args.json}\npicture: {args.svg}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

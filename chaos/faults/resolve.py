@@ -1,0 +1,92 @@
+"""Which process is "rank r" right now: resolved when a fault fires, never planned ahead.
+
+Ranks move between processes (and nodes) at every re-formation, so a kill_worker names a
+rank and this module finds its process at the moment of the fault: the `worker.started`
+events of the current round (the highest round any node has logged) across every node's
+event log; without event logs (torchrun) the newest step report of that rank. A candidate
+only counts if the topology still knows it as a live process of that node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from chaos.topology.base import Topology
+from launcher.events import WORKER_STARTED
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerTarget:
+    rank: int
+    local_rank: int | None
+    node: int
+    pid: int
+    round: int | None  # None when resolved from step reports
+    source: str  # "events" or "steps"
+
+    def as_did(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "local_rank": self.local_rank,
+            "node": self.node,
+            "pid": self.pid,
+            "round": self.round,
+            "resolved_from": self.source,
+        }
+
+
+def _matches(rank: int | None, node: int | None, local_rank: int | None, fields: Any) -> bool:
+    if rank is not None:
+        return bool(fields.get("rank") == rank and (node is None or fields.get("node") == node))
+    return bool(fields.get("node") == node and fields.get("local_rank") == (local_rank or 0))
+
+
+def resolve_worker(
+    topology: Topology, *, rank: int | None, node: int | None, local_rank: int | None
+) -> WorkerTarget | str:
+    """The live worker holding `rank` (or node + local_rank), or why there is none."""
+    if rank is None and node is None:
+        return "kill_worker needs a rank, or a node and a local_rank"
+    want = f"rank {rank}" if rank is not None else f"node {node} local_rank {local_rank or 0}"
+    topology.refresh()
+    started = topology.view.named(WORKER_STARTED)
+    if started:
+        current = max(int(e.fields.get("round", -1)) for _, e in started)
+        found = [
+            (n, e)
+            for n, e in started
+            if e.fields.get("round", -1) == current
+            and _matches(rank, node, local_rank, {**e.fields, "node": n})
+        ]
+        if not found:
+            return f"no worker with {want} in the current round {current}"
+        n, event = max(found, key=lambda item: item[1].wall_time)
+        pid = int(event.fields["pid"])
+        if pid not in topology.node_pids(n):
+            return f"the worker with {want} (pid {pid}, node {n}) is no longer running"
+        return WorkerTarget(
+            rank=int(event.fields["rank"]),
+            local_rank=event.fields.get("local_rank"),
+            node=n,
+            pid=pid,
+            round=current,
+            source="events",
+        )
+    rows = [r for r in topology.view.steps if _matches(rank, node, local_rank, r)]
+    if not rows:
+        return f"no event log and no step report of {want} yet"
+    row = rows[-1]
+    reporter, owner = row.get("pid"), row.get("node")
+    if not isinstance(reporter, int) or not isinstance(owner, int):
+        return f"the last step report of {want} names no pid and node"
+    if reporter not in topology.node_pids(owner):
+        return f"the last worker that reported {want} (pid {reporter}) is no longer running"
+    return WorkerTarget(
+        rank=int(row["rank"]),
+        local_rank=row.get("local_rank"),
+        node=owner,
+        pid=reporter,
+        round=None,
+        source="steps",
+    )

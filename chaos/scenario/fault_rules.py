@@ -1,0 +1,377 @@
+"""The rules for `faults:` and their triggers (pure; see docs/scenarios.md, "Faults").
+
+Each fault kind takes a fixed set of fields and a trigger takes exactly the fields of its kind:
+a field that does not apply is an error rather than ignored, because a scenario that silently
+does less than it says is worse than one that does not load.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import TypedDict
+
+from chaos.scenario.document import Fields, Invalid, Value, clip, join, suggest
+from chaos.scenario.schema import FAULT_KINDS, TRIGGER_KINDS, Fault, Topology, Trigger, Workload
+from launcher.events import KNOWN_EVENTS
+
+RANDOM = "random"  # `rank: random`, `node: random`, `local_rank: random`: drawn by the schedule
+DRAWN_ORDER = ("rank", "node", "local_rank")
+FAULT_KEYS = (
+    "kind", "trigger", "node", "rank", "local_rank", "signal", "exit_code", "exception",
+    "duration_s", "groups", "from_store", "member",
+)  # fmt: skip
+# The fields each kind takes besides `kind` and `trigger`.
+FAULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "kill_worker": ("rank", "node", "local_rank", "signal", "exit_code", "exception"),
+    "kill_agent": ("node", "signal"),
+    "crash_node": ("node",),
+    "pause_node": ("node", "duration_s"),
+    "partition": ("node", "groups", "from_store", "duration_s"),
+    "join_node": ("node",),
+    "leave_node": ("node",),
+    "kill_store_host": ("member",),
+    "kill_etcd_member": ("member",),
+}
+TRIGGER_KEYS = (
+    "kind", "at_s", "after_step", "step", "rank", "on_event", "event", "occurrence", "random",
+    "window_s",
+)  # fmt: skip
+# The short form names the kind by its main field (`{at_s: 5}`); the long form spells the
+# dataclass (`{kind: after_step, step: 10}`). Both read the same.
+_KIND_OF = {
+    "at_s": "at_s", "after_step": "after_step", "step": "after_step", "on_event": "on_event",
+    "event": "on_event", "random": "random", "window_s": "random",
+}  # fmt: skip
+_TRIGGER_FIELDS = {
+    "at_s": ("at_s",),
+    "after_step": ("after_step", "step", "rank"),
+    "on_event": ("on_event", "event", "occurrence"),
+    "random": ("random", "window_s"),
+}
+TRIGGER_HELP = "a trigger: {at_s: S}, {after_step: N}, {on_event: NAME} or {random: [LOW, HIGH]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What fault rules check against: the topology, the workload and the run's timeout."""
+
+    topology: Topology
+    workload: Workload
+    timeout_s: float
+
+    @property
+    def total_nodes(self) -> int:
+        return self.topology.nodes + self.topology.spares
+
+    @property
+    def max_world(self) -> int:
+        # The largest world the job can form: it never exceeds max_nodes nor the nodes we have.
+        max_nodes = self.topology.max_nodes or self.total_nodes
+        return min(max_nodes, self.total_nodes) * self.topology.nproc_per_node
+
+
+class _Targets(TypedDict, total=False):
+    """Fault fields read so far; a `random` target is left out and its name put in `drawn`."""
+
+    node: int
+    rank: int
+    local_rank: int
+    signal: str
+    exit_code: int
+    exception: str
+    duration_s: float
+    groups: tuple[tuple[int, ...], ...]
+    from_store: bool
+    member: str
+
+
+def build_faults(value: Value | None, ctx: Context) -> tuple[Fault, ...]:
+    if value is None:
+        return ()
+    return tuple(build_fault(item, ctx) for item in value.items(what="a list of faults"))
+
+
+def build_fault(value: Value, ctx: Context) -> Fault:
+    f = value.fields(FAULT_KEYS, what="a fault: a mapping with kind, trigger and a target")
+    kind_v = f.need("kind", "a fault kind, one of " + ", ".join(FAULT_KINDS))
+    kind = kind_v.choice(FAULT_KINDS, what="a fault kind, one of")
+    allowed = FAULT_FIELDS[kind]
+    for key in f:
+        if key not in ("kind", "trigger") and key not in allowed:
+            f.error(key, f"{kind} takes no {key}; its fields are: trigger, {', '.join(allowed)}")
+    _check_topology(kind, kind_v, ctx)
+    trigger = build_trigger(f.need("trigger", TRIGGER_HELP), ctx)
+    out = _Targets()
+    drawn: list[str] = []
+    if kind == "kill_worker":
+        _kill_worker(f, ctx, out, drawn)
+    elif kind == "partition":
+        _partition(f, ctx, out, drawn)
+    elif kind in ("kill_store_host", "kill_etcd_member"):
+        member_v = f.get("member")
+        if kind == "kill_etcd_member" and member_v is None:
+            member_v = f.need("member", "an etcd member index or 'leader'")
+        if member_v is not None and ctx.topology.rdzv_backend != "etcd":
+            member_v.error(
+                "member needs rdzv_backend: etcd; with c10d the store host is the agent "
+                "serving the TCPStore, so give no member"
+            )
+        if member_v is not None:
+            out["member"] = _member(member_v, ctx)
+    elif (node := node_index(f.need("node", "a node index"), ctx, kind)) is not None:
+        out["node"] = node
+    else:
+        drawn.append("node")
+    if kind == "pause_node":
+        out["duration_s"] = _duration(f.need("duration_s", "a pause length in seconds"), ctx)
+    if kind == "kill_agent" and (signal_v := f.get("signal")) is not None:
+        out["signal"] = signal_name(signal_v)
+    random_fields = tuple(name for name in DRAWN_ORDER if name in drawn)
+    return Fault(kind=kind, trigger=trigger, random_fields=random_fields, **out)
+
+
+def _check_topology(kind: str, kind_v: Value, ctx: Context) -> None:
+    topo = ctx.topology
+    if kind == "partition" and topo.backend not in ("netns", "docker"):
+        kind_v.error(
+            f"partition needs topology.backend netns or docker, got {topo.backend!r} (the local "
+            "backend cannot cut links); set topology.backend: netns or run with "
+            "`--backend netns` (needs root)"
+        )
+    if kind == "kill_etcd_member" and topo.rdzv_backend != "etcd":
+        kind_v.error(
+            f"kill_etcd_member needs topology.rdzv_backend: etcd, got {topo.rdzv_backend!r}"
+        )
+    if kind == "join_node" and topo.spares == 0:
+        kind_v.error("join_node needs a spare node to start: set topology.spares >= 1")
+
+
+def _kill_worker(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None:
+    rank_v, node_v, local_v = f.get("rank"), f.get("node"), f.get("local_rank")
+    if rank_v is not None and (node_v is not None or local_v is not None):
+        f.error("rank", "give either rank or node + local_rank, not both")
+    if rank_v is not None and _is_random(rank_v):
+        drawn.append("rank")
+    elif rank_v is not None:
+        why = f" (the largest world is {ctx.max_world})"
+        out["rank"] = rank_v.integer(low=0, high=ctx.max_world - 1, what="a global rank", why=why)
+    elif node_v is not None and local_v is not None:
+        if (node := node_index(node_v, ctx, "kill_worker")) is not None:
+            out["node"] = node
+        else:
+            drawn.append("node")
+        nproc = ctx.topology.nproc_per_node
+        if _is_random(local_v):
+            drawn.append("local_rank")
+        else:
+            why = f" (nproc_per_node is {nproc})"
+            out["local_rank"] = local_v.integer(low=0, high=nproc - 1, what="a local rank", why=why)
+    else:
+        missing = "local_rank" if node_v is not None else "node" if local_v is not None else "rank"
+        raise Invalid(
+            f.line,
+            join(f.path, missing),
+            "missing; kill_worker needs a target: rank, or node + local_rank",
+        )
+    given = [key for key in ("signal", "exit_code", "exception") if key in f]
+    if len(given) > 1:
+        f.error(given[1], f"give one of signal, exit_code or exception, not {' and '.join(given)}")
+    if (signal_v := f.get("signal")) is not None:
+        out["signal"] = signal_name(signal_v)
+    if (code_v := f.get("exit_code")) is not None:
+        out["exit_code"] = code_v.integer(low=0, high=255, what="an exit code")
+    if (exc_v := f.get("exception")) is not None:
+        out["exception"] = exc_v.text(what="an exception message")
+
+
+def _partition(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None:
+    groups_v, node_v = f.get("groups"), f.get("node")
+    if groups_v is not None and node_v is not None:
+        f.error("groups", "give either node (cut one node off) or groups (split them), not both")
+    if groups_v is not None:
+        if "from_store" in f:
+            f.error("from_store", "from_store cuts one node from the store: give node, not groups")
+        out["groups"] = _groups(groups_v, ctx)
+    elif node_v is not None:
+        if (node := node_index(node_v, ctx, "partition")) is not None:
+            out["node"] = node
+        else:
+            drawn.append("node")
+        if (store_v := f.get("from_store")) is not None:
+            out["from_store"] = store_v.boolean()
+    else:
+        raise Invalid(
+            f.line, join(f.path, "node"),
+            "missing; partition needs node (cut one node off) or groups (split the nodes)",
+        )  # fmt: skip
+    if (duration_v := f.get("duration_s")) is not None:
+        out["duration_s"] = _duration(duration_v, ctx)
+
+
+def _groups(value: Value, ctx: Context) -> tuple[tuple[int, ...], ...]:
+    what = "a list of node groups, like [[0], [1, 2]]"
+    groups = value.items(what=what)
+    if len(groups) < 2:
+        value.fail(f"{what} (at least two groups)")
+    seen: dict[int, str] = {}
+    out = []
+    for group_v in groups:
+        members = group_v.items(what="a list of node indices")
+        if not members:
+            group_v.fail("a non-empty list of node indices")
+        group = []
+        for member_v in members:
+            node = member_v.integer(
+                low=0,
+                high=ctx.total_nodes - 1,
+                what="a node index",
+                why=f" (nodes + spares is {ctx.total_nodes})",
+            )
+            if node in seen:
+                member_v.error(f"node {node} is already in {seen[node]}; groups must not overlap")
+            seen[node] = member_v.path
+            group.append(node)
+        out.append(tuple(group))
+    return tuple(out)
+
+
+def node_index(value: Value, ctx: Context, kind: str) -> int | None:
+    """A node index checked against the topology; None for `random` (the schedule draws it)."""
+    if _is_random(value):
+        return None
+    topo = ctx.topology
+    if kind == "join_node":
+        return value.integer(
+            low=topo.nodes,
+            high=ctx.total_nodes - 1,
+            what="a spare node index",
+            why=f" (spares follow the {topo.nodes} initial nodes)",
+        )
+    return value.integer(
+        low=0,
+        high=ctx.total_nodes - 1,
+        what="a node index",
+        why=f" (nodes + spares is {ctx.total_nodes})",
+    )
+
+
+def _is_random(value: Value) -> bool:
+    return value.node.kind == "scalar" and value.node.value == RANDOM
+
+
+def _member(value: Value, ctx: Context) -> str:
+    members = ctx.topology.etcd_members
+    expected = f"an etcd member index between 0 and {members - 1}, or 'leader'"
+    text = value.text(what=expected)
+    if text == "leader":
+        return text
+    if not text.isdigit() or int(text) >= members:
+        value.fail(expected)
+    return str(int(text))
+
+
+def _duration(value: Value, ctx: Context) -> float:
+    return value.number(
+        low=0.0, above=True, high=ctx.timeout_s, why=f" (timeout_s is {ctx.timeout_s:g})"
+    )
+
+
+def signal_name(value: Value) -> str:
+    """`SIGKILL`, `KILL`, `kill` or 9 -> "SIGKILL" (the event log's spelling)."""
+    expected = "a signal name such as SIGKILL or SIGTERM"
+    node = value.node
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        try:
+            return signal.Signals(node.value).name
+        except ValueError:
+            value.fail(expected)
+    name = value.text(what=expected).upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    if name not in signal.Signals.__members__:
+        value.fail(expected)
+    return signal.Signals[name].name
+
+
+def build_trigger(value: Value, ctx: Context) -> Trigger:
+    f = value.fields(TRIGGER_KEYS, what=TRIGGER_HELP)
+    found = sorted({_KIND_OF[key] for key in f if key in _KIND_OF}, key=TRIGGER_KINDS.index)
+    explicit = None
+    if (kind_v := f.get("kind")) is not None:
+        explicit = kind_v.choice(TRIGGER_KINDS, what="a trigger kind, one of")
+    if len(found) > 1:
+        keys = [key for key in f if key in _KIND_OF]
+        f.error(keys[1], f"a trigger fires on one condition; got both {keys[0]} and {keys[1]}")
+    if not found:
+        if explicit is not None:
+            raise Invalid(
+                f.line, join(f.path, explicit), f"missing; a trigger of kind {explicit} needs it"
+            )
+        value.fail(TRIGGER_HELP)
+    kind = found[0]
+    if explicit is not None and explicit != kind:
+        f.error("kind", f"kind {explicit} does not match the {kind} field")
+    main = [key for key in f if _KIND_OF.get(key) == kind]
+    if len(main) > 1:
+        f.error(main[1], f"{main[0]} and {main[1]} are the same field; give one")
+    for key in f:
+        if key != "kind" and key not in _TRIGGER_FIELDS[kind]:
+            fields = ", ".join(k for k in _TRIGGER_FIELDS[kind] if k not in ("step", "event"))
+            f.error(key, f"a {kind} trigger takes no {key}; its fields are: {fields}")
+    main_v = f.need(main[0], TRIGGER_HELP)
+    if kind == "at_s":
+        at = main_v.number(low=0.0)
+        if at >= ctx.timeout_s:
+            main_v.error(f"expected a time before timeout_s ({ctx.timeout_s:g}), got {at:g}")
+        return Trigger(kind=kind, at_s=at)
+    if kind == "after_step":
+        steps = ctx.workload.steps
+        step = main_v.integer(
+            low=1, high=steps, what="a step", why=f" (the workload runs steps 1..{steps})"
+        )
+        rank = 0
+        if (rank_v := f.get("rank")) is not None:
+            rank = rank_v.integer(low=0, high=ctx.max_world - 1, what="a global rank")
+        return Trigger(kind=kind, step=step, rank=rank)
+    if kind == "on_event":
+        event = main_v.text(what="a launcher event name")
+        if event not in KNOWN_EVENTS:
+            main_v.error(
+                f"expected a launcher event name (see docs/event-log.md), got "
+                f"{clip(repr(event))}{suggest(event, sorted(KNOWN_EVENTS))}"
+            )
+        occurrence = 1
+        if (occ_v := f.get("occurrence")) is not None:
+            occurrence = occ_v.integer(low=1, high=10_000)
+        return Trigger(kind=kind, event=event, occurrence=occurrence)
+    return Trigger(kind=kind, window_s=_window(main_v, ctx))
+
+
+def _window(value: Value, ctx: Context) -> tuple[float, float]:
+    """`[2, 8]`, `"2..8"` or `{min: 2, max: 8}`: seconds after the start, low <= high."""
+    expected = "a window of seconds like [2, 8], '2..8' or {min: 2, max: 8}"
+    node = value.node
+    if node.kind == "seq":
+        items = value.items()
+        if len(items) != 2:
+            value.fail(expected)
+        low, high = (item.number(low=0.0) for item in items)
+    elif node.kind == "map":
+        f = value.fields(("min", "max"), what=expected)
+        low = f.need("min", "seconds").number(low=0.0)
+        high = f.need("max", "seconds").number(low=0.0)
+    else:
+        parts = value.text(what=expected).split("..")
+        try:
+            low, high = (float(part) for part in parts)
+        except ValueError:
+            value.fail(expected)
+        if not 0 <= low <= high < float("inf"):
+            value.fail(f"{expected}, with 0 <= low")
+    if low > high:
+        value.error(f"expected low <= high, got {low:g}..{high:g}")
+    if high >= ctx.timeout_s:
+        value.error(
+            f"expected a window ending before timeout_s ({ctx.timeout_s:g}), got {low:g}..{high:g}"
+        )
+    return (low, high)

@@ -1,0 +1,125 @@
+"""The scenario schema (see docs/scenarios.md). Pure data, validated by the loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOPOLOGY_BACKENDS = ("local", "netns", "docker")
+RDZV_BACKENDS = ("c10d", "etcd")
+LAUNCHERS = ("launcher", "torchrun")
+
+# Fault kinds and the target each one takes.
+FAULT_KINDS = (
+    "kill_worker",  # target: rank (global, resolved when fired) or node + local_rank
+    "kill_agent",  # target: node; SIGKILL of the launcher process only
+    "crash_node",  # target: node; the agent and every worker of that node at once
+    "pause_node",  # target: node; SIGSTOP everything of the node for `duration_s`
+    "partition",  # target: nodes / groups; needs netns or docker
+    "join_node",  # target: a spare node; starts its agent
+    "leave_node",  # target: node; SIGTERM to the agent (a graceful leave)
+    "kill_store_host",  # c10d: the agent hosting the store; etcd: a member (see target)
+    "kill_etcd_member",  # target: member index or "leader"
+)
+TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
+# Why a round formed (the launcher's `group.restart` reason, docs/event-log.md): the keys of
+# expect.restarts_by_reason. "initial" is not a restart.
+RESTART_REASONS = ("worker_failure", "scale_up", "node_lost", "node_left", "closer_lost")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    backend: str = "local"
+    nodes: int = 2  # agents started at the beginning
+    spares: int = 0  # agents started only by join_node faults
+    nproc_per_node: int = 1
+    min_nodes: int | None = None  # default: nodes
+    max_nodes: int | None = None  # default: nodes + spares
+    rdzv_backend: str = "c10d"
+    etcd_members: int = 1
+    launcher_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    script: str = "scenarios/workloads/train.py"
+    steps: int = 40
+    step_s: float = 0.1
+    checkpoint_every: int = 5
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trigger:
+    kind: str  # one of TRIGGER_KINDS
+    at_s: float | None = None  # at_s: seconds after the job started
+    step: int | None = None  # after_step: when `rank` reports this step
+    rank: int = 0
+    event: str | None = None  # on_event: launcher event name, e.g. rendezvous.round.complete
+    occurrence: int = 1  # on_event: the n-th such event (across nodes, deduplicated by round)
+    window_s: tuple[float, float] | None = None  # random: uniform in this window (seeded)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    kind: str
+    trigger: Trigger
+    node: int | None = None  # node index (0-based, spares follow the initial nodes)
+    rank: int | None = None  # global rank (kill_worker), resolved when the fault fires
+    local_rank: int | None = None
+    signal: str = "SIGKILL"  # kill_worker / kill_agent
+    exit_code: int | None = None  # kill_worker: make the worker exit with this code instead
+    exception: str | None = None  # kill_worker: make the worker raise this (message)
+    duration_s: float | None = None  # pause_node, partition: heal after this long
+    groups: tuple[tuple[int, ...], ...] = ()  # partition: node groups cut from each other
+    from_store: bool = False  # partition: cut `node` from the store only
+    member: str | None = None  # kill_etcd_member: index or "leader"
+    # Targets written as `random` ("rank", "node", "local_rank"); those fields stay None here
+    # and the schedule draws them from the seed (PlannedFault.fault has them filled in).
+    random_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntRange:
+    low: int
+    high: int
+
+    def contains(self, value: int) -> bool:
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootCause:
+    rank: int | None = None
+    node: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expectations:
+    outcome: str = "succeeded"  # or "failed"
+    failure_reason: str | None = None  # e.g. "budget_spent", "store_lost"
+    restarts: IntRange | None = None  # charged restarts (the job-wide count)
+    restarts_by_reason: dict[str, IntRange] = field(default_factory=dict)
+    uncharged_scale_events: bool = True
+    final_world_size: int | None = None
+    rank_invariants: bool = True
+    root_cause: RootCause | None = None
+    max_lost_steps: int | None = None  # default: the workload's checkpoint interval
+    detect_within_s: float | None = None
+    recover_within_s: float | None = None
+    hygiene: bool = True  # no process of the job left, no port left bound
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    description: str = ""
+    seed: int = 0
+    timeout_s: float = 120.0
+    launcher: str = "launcher"
+    topology: Topology = field(default_factory=Topology)
+    workload: Workload = field(default_factory=Workload)
+    faults: tuple[Fault, ...] = ()
+    expect: Expectations = field(default_factory=Expectations)
+    source: str = ""  # the file it came from

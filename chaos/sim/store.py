@@ -1,0 +1,107 @@
+"""The simulated store: MemoryStore's semantics (launcher/rendezvous/store.py), applied at
+the moment a request reaches it, with every operation counted per node (ops and bytes).
+
+Bytes are what crosses the wire, roughly: keys, values and the reply's text. The store
+tells its observer about the writes the safety checker needs (the round key moving, a
+round's close decision, a node declared dead); nothing else pays for that hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from launcher.rendezvous.state import (
+    Add,
+    CompareSet,
+    Get,
+    Keys,
+    MultiGet,
+    MultiSet,
+    Op,
+    Set,
+    round_of,
+)
+
+
+class StoreObserver(Protocol):
+    def on_round_key(self, old: int, new: int, value: str) -> None: ...
+
+    def on_close(self, rnd: int, decision: str) -> None: ...
+
+    def on_dead(self, node_id: str, why: str) -> None: ...
+
+
+class SimStore:
+    def __init__(self, run_id: str, nodes: int, observer: StoreObserver) -> None:
+        keys = Keys(run_id)
+        self._round_key = keys.round
+        self._dead_prefix = keys.dead("")
+        self._round_prefix = keys.prefix + "r"
+        self.data: dict[str, str] = {}
+        self.observer = observer
+        self.ops = [0] * nodes  # per node, all time
+        self.bytes = [0] * nodes
+        self.ops_total = 0
+        self.bytes_total = 0
+        self._apply: dict[type, Callable[[Any], tuple[Any, int]]] = {
+            Get: self._get,
+            Add: self._add,
+            Set: self._set,
+            CompareSet: self._compare_set,
+            MultiGet: self._multi_get,
+            MultiSet: self._multi_set,
+        }
+
+    def apply(self, op: Op, node: int) -> tuple[Any, int]:
+        """Performs `op` for `node`; returns the reply and the bytes it moved."""
+        reply, size = self._apply[type(op)](op)
+        self.ops[node] += 1
+        self.bytes[node] += size
+        self.ops_total += 1
+        self.bytes_total += size
+        return reply, size
+
+    def wipe(self) -> None:
+        self.data.clear()
+
+    # -- MemoryStore's semantics -----------------------------------------------------------
+    def _get(self, op: Get) -> tuple[str | None, int]:
+        value = self.data.get(op.key)
+        return value, len(op.key) + (len(value) if value is not None else 0)
+
+    def _add(self, op: Add) -> tuple[int, int]:
+        total = int(self.data.get(op.key, "0")) + op.delta
+        text = str(total)
+        self.data[op.key] = text
+        return total, len(op.key) + 2 * len(text)
+
+    def _set(self, op: Set) -> tuple[None, int]:
+        self.data[op.key] = op.value
+        if op.key.startswith(self._dead_prefix):
+            self.observer.on_dead(op.key[len(self._dead_prefix) :], op.value)
+        return None, len(op.key) + len(op.value)
+
+    def _compare_set(self, op: CompareSet) -> tuple[str, int]:
+        held = self.data.get(op.key)
+        if held == op.expected:
+            self.data[op.key] = op.value
+            if op.key == self._round_key:
+                self.observer.on_round_key(round_of(held), round_of(op.value), op.value)
+            elif op.key.endswith("/close") and op.key.startswith(self._round_prefix):
+                rnd = int(op.key[len(self._round_prefix) :].split("/", 1)[0])
+                self.observer.on_close(rnd, op.value)
+            held = op.value
+        reply = held if held is not None else ""
+        size = len(op.key) + len(op.expected or "") + len(op.value) + len(reply)
+        return reply, size
+
+    def _multi_get(self, op: MultiGet) -> tuple[tuple[str | None, ...], int]:
+        get = self.data.get
+        values = tuple(get(key) for key in op.keys)
+        size = sum(map(len, op.keys)) + sum(len(v) for v in values if v is not None)
+        return values, size
+
+    def _multi_set(self, op: MultiSet) -> tuple[None, int]:
+        self.data.update(op.items)
+        return None, sum(len(k) + len(v) for k, v in op.items)

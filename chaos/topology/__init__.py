@@ -1,0 +1,35 @@
+"""Where the nodes of a chaos run live: one protocol (`base.Topology`), several backends.
+
+`local` (this package, no root): agents on loopback addresses. `netns` and `docker` (root,
+partitions) plug in behind the same protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chaos.scenario.schema import Scenario
+from chaos.topology.base import NodeHandle, Store, Support, Topology, TopologyError
+from chaos.topology.view import JobView
+
+__all__ = [
+    "JobView",
+    "NodeHandle",
+    "Store",
+    "Support",
+    "Topology",
+    "TopologyError",
+    "make_topology",
+]
+
+
+def make_topology(
+    backend: str, scenario: Scenario, *, run_dir: Path, launcher: str, view: JobView
+) -> Topology:
+    if backend == "local":
+        from chaos.topology.local import LocalTopology
+
+        return LocalTopology(scenario, run_dir=run_dir, launcher=launcher, view=view)
+    if backend in ("netns", "docker"):
+        raise TopologyError(f"the {backend} topology is not available yet; use --backend local")
+    raise TopologyError(f"unknown topology backend {backend!r} (local, netns or docker)")

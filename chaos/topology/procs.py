@@ -1,0 +1,119 @@
+"""Processes and ports seen through /proc, identified safely.
+
+A PID alone is not an identity: once a process is reaped its number can be handed to an
+unrelated process. Every process the harness tracks is therefore a `ProcId` (pid + the
+kernel's start time from /proc/<pid>/stat), and nothing is signalled unless both still match,
+so the harness only ever kills processes it started or saw its job start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_LISTEN = "0A"  # TCP state in /proc/net/tcp*
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcId:
+    pid: int
+    start: int  # clock ticks after boot (field 22 of /proc/<pid>/stat)
+
+    def alive(self) -> bool:
+        return proc_start(self.pid) == self.start
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ")".
+    return text.rsplit(")", 1)[1].split()
+
+
+def proc_start(pid: int) -> int | None:
+    """The start time of a live (not zombie) process, else None."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def identify(pid: int) -> ProcId | None:
+    start = proc_start(pid)
+    return None if start is None else ProcId(pid=pid, start=start)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's list: a child belongs to the thread that forked)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue  # the thread ended while we looked
+    return found
+
+
+def tree(root: int) -> list[int]:
+    """`root` and all its descendants that are alive now (breadth first)."""
+    seen: list[int] = []
+    queue = [root]
+    while queue:
+        pid = queue.pop(0)
+        if pid in seen or proc_start(pid) is None:
+            continue
+        seen.append(pid)
+        queue.extend(children(pid))
+    return seen
+
+
+def send(procs: Iterable[ProcId], sig: signal.Signals) -> list[int]:
+    """Signals every process that is still the one we know; returns the pids signalled."""
+    done: list[int] = []
+    for proc in procs:
+        if not proc.alive():
+            continue
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            continue  # exited between the check and the kill
+        done.append(proc.pid)
+    return done
+
+
+def listening(ports: Iterable[int]) -> list[int]:
+    """Which of `ports` some socket on this machine is listening on (IPv4 or IPv6)."""
+    wanted = set(ports)
+    bound: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            port = int(cols[1].rsplit(":", 1)[1], 16)
+            if cols[3] == _LISTEN and port in wanted:
+                bound.add(port)
+    return sorted(bound)
+
+
+def parse_signal(name: str | int) -> signal.Signals:
+    """'SIGKILL', 'KILL', 'kill' or 9 -> signal.SIGKILL; ValueError for anything else."""
+    if isinstance(name, int) or str(name).isdigit():
+        return signal.Signals(int(name))
+    text = str(name).upper()
+    text = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return signal.Signals[text]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None

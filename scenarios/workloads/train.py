@@ -1,0 +1,161 @@
+"""A small but real elastic training job for chaos scenarios (gloo, DDP, CPU).
+
+Usage (one process per rank, under `launcher` or `torchrun`):
+
+    train.py --steps N --step-s S --checkpoint-every K --ckpt-dir DIR [--pg-timeout-s T]
+
+Every rank resumes from DIR/ckpt.pt (step + model + optimizer state) when it exists, trains
+a tiny MLP on synthetic data up to step N, and sleeps S seconds per step so faults land while
+it runs. Rank 0 writes the checkpoint every K steps (tmp file + rename: a crash mid-write never
+leaves a torn checkpoint). The harness observes it through two environment variables:
+
+- `CHAOS_STEPS_FILE`: every rank appends one JSON line per finished step (one `write` on an
+  O_APPEND descriptor, so ranks never interleave within a line): t, rank, local_rank, world,
+  step, restart_count, resumed_from, node, node_addr, master_addr, master_port, pid.
+- `CHAOS_CONTROL_DIR`: before each step a rank looks for `fail-rank-<RANK>.json` there.
+  `{"exit_code": n}` exits with n, `{"exception": "msg"}` raises RuntimeError(msg) (recorded
+  in the error file by the `record` decorator). The file is consumed by renaming it first, so
+  the worker that replaces this one after the restart does not fail again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+try:
+    from launcher.failures.record import record
+except ImportError:  # run outside the repository (torchrun from another checkout)
+    from torch.distributed.elastic.multiprocessing.errors import (  # type: ignore[assignment]
+        record,
+    )
+
+CKPT_NAME = "ckpt.pt"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A small elastic DDP training job.")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--step-s", type=float, default=0.1)
+    parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--ckpt-dir", type=Path, required=True)
+    parser.add_argument("--pg-timeout-s", type=float, default=30.0)
+    return parser.parse_args()
+
+
+def load_checkpoint(ckpt_dir: Path) -> dict[str, Any] | None:
+    path = ckpt_dir / CKPT_NAME
+    if not path.exists():
+        return None
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def save_checkpoint(
+    ckpt_dir: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer
+) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{CKPT_NAME}.{os.getpid()}.tmp"
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt_dir / CKPT_NAME)  # atomic: readers see the old or the new file
+
+
+def report_step(record_fields: dict[str, Any]) -> None:
+    path = os.environ.get("CHAOS_STEPS_FILE")
+    if not path:
+        return
+    data = (json.dumps(record_fields, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)  # one write per line: concurrent ranks never interleave
+    finally:
+        os.close(fd)
+
+
+def check_control(rank: int) -> None:
+    """Fail as the harness asked, once: the rename is the consumption (atomic, first wins)."""
+    control = os.environ.get("CHAOS_CONTROL_DIR")
+    if not control:
+        return
+    path = Path(control) / f"fail-rank-{rank}.json"
+    if not path.exists():
+        return
+    taken = path.with_name(f"{path.name}.consumed-{os.getpid()}")
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        return  # another incarnation of this rank consumed it first
+    order = json.loads(taken.read_text())
+    if "exception" in order:
+        raise RuntimeError(str(order["exception"]))
+    raise SystemExit(int(order.get("exit_code", 1)))
+
+
+@record
+def main() -> None:
+    args = parse_args()
+    env = os.environ
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    torch.set_num_threads(1)  # many ranks share two cores
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # Load before joining the group: rank 0 cannot write a newer checkpoint until every rank
+    # has joined and stepped, so all ranks read the same one.
+    ckpt = load_checkpoint(args.ckpt_dir)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+    resumed_from = None if ckpt is None else int(ckpt["step"])
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.pg_timeout_s))
+    # Every rank must run the same number of collectives: agree on rank 0's start step.
+    start = torch.tensor([-1 if resumed_from is None else resumed_from])
+    dist.broadcast(start, src=0)
+    resumed_from = None if int(start.item()) < 0 else int(start.item())
+    ddp = DistributedDataParallel(model)
+    loss_fn = nn.MSELoss()
+    base = {
+        "rank": rank,
+        "local_rank": int(env.get("LOCAL_RANK", "0")),
+        "world": world,
+        "restart_count": int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        "resumed_from": resumed_from,
+        "node": int(env["CHAOS_NODE"]) if env.get("CHAOS_NODE", "").isdigit() else None,
+        "node_addr": env.get("CHAOS_NODE_ADDR") or env.get("MASTER_ADDR"),
+        "master_addr": env.get("MASTER_ADDR"),
+        "master_port": int(env.get("MASTER_PORT", "0")),
+        "pid": os.getpid(),
+    }
+    for step in range((resumed_from or 0) + 1, args.steps + 1):
+        check_control(rank)
+        gen = torch.Generator().manual_seed(step * 1000 + rank)
+        inputs = torch.randn(32, 16, generator=gen)
+        target = inputs.sum(dim=1, keepdim=True)
+        opt.zero_grad()
+        loss_fn(ddp(inputs), target).backward()  # DDP all_reduces the gradients here
+        opt.step()
+        report_step({"t": time.time(), "step": step, **base})
+        if rank == 0 and step % args.checkpoint_every == 0:
+            save_checkpoint(args.ckpt_dir, step, model, opt)
+        time.sleep(args.step_s)
+    dist.barrier()
+    # gloo aborts at exit when a DDP reducer still holds the group: free it first.
+    del ddp
+    gc.collect()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

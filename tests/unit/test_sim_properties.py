@@ -1,0 +1,121 @@
+"""Property-based: random fault schedules against small jobs, safety checked after every
+step by the simulator's checker, liveness against the documented bound. A failure prints
+the seed and the replay command; hypothesis shrinks the schedule."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from chaos.sim import Fault, SimConfig, SimResult, format_faults, parse_faults, simulate
+from chaos.sim.faults import KINDS, NODE_KINDS, WINDOW_KINDS
+
+# Protocol issues this simulator found and the protocol still has (docs/simulator.md,
+# "Findings"): tolerated here by their narrow codes so the property keeps guarding
+# everything else; each has a probe below (xfail until the protocol is fixed: then the
+# probe passes, and its code should leave this set).
+KNOWN = frozenset({"dead_member", "short_round", "orphaned_round"})
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> SimConfig:
+    nodes = draw(st.integers(2, 7))
+    max_nodes = draw(st.integers(1, nodes))
+    min_nodes = draw(st.integers(1, max_nodes))
+    faults = []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(KINDS))
+        at = draw(st.integers(15, 200)) / 10
+        dur = draw(st.integers(5, 100)) / 10 if kind in WINDOW_KINDS else 0.0
+        if kind in NODE_KINDS:
+            picked = draw(st.sets(st.integers(0, nodes - 1), min_size=1, max_size=nodes))
+            faults.append(Fault(kind=kind, at_s=at, duration_s=dur, nodes=tuple(sorted(picked))))
+        else:
+            value = {"spike": 20.0, "drop": 0.05, "delay": 0.5, "restart": 0.0}[kind]
+            faults.append(Fault(kind=kind, at_s=at, duration_s=dur, value=value))
+    return SimConfig(
+        nodes=nodes,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        seed=draw(st.integers(0, 2**32 - 1)),
+        faults=tuple(faults),
+        read_timeout_s=5.0,  # keeps hanging ops short: the horizon is fault end + bound
+        last_call_timeout_s=draw(st.sampled_from((2.0, 30.0))),
+        allow=KNOWN,
+    )
+
+
+def replay(cfg: SimConfig) -> str:
+    return (
+        f"chaos sim --nodes {cfg.nodes} --min {cfg.min_nodes} --max {cfg.max_nodes} "
+        f"--seed {cfg.seed} --faults '{format_faults(cfg.faults)}' --read-timeout "
+        f"{cfg.read_timeout_s} --last-call {cfg.last_call_timeout_s} --allow {','.join(KNOWN)}"
+    )
+
+
+def check(result: SimResult, cfg: SimConfig) -> None:
+    how = f"seed {cfg.seed}; replay: {replay(cfg)}"
+    note(how)
+    assert result.safety == "ok", f"{result.safety}; {how}"
+    live = result.liveness
+    assert live.held or not live.required, f"liveness failed: {live}; {how}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_safe_and_live_under_random_faults(cfg: SimConfig) -> None:
+    check(simulate(cfg), cfg)
+
+
+def _broken(configs: list[SimConfig]) -> list[str]:
+    """The replay commands of the configs whose runs are unsafe or not live."""
+    bad = []
+    for cfg in configs:
+        result = simulate(cfg)
+        if not result.ok:
+            bad.append(f"{replay(cfg)}: {result.safety}, {result.liveness}")
+    return bad
+
+
+def _grid(nodes: int, faults: list[str], **kw: object) -> list[SimConfig]:
+    base: dict[str, object] = {"nodes": nodes, "min_nodes": 2, "max_nodes": nodes, "seed": 1}
+    base.update(kw)
+    return [SimConfig(faults=parse_faults(f), **base) for f in faults]  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(reason="protocol: the closer admits a joiner declared dead meanwhile")
+def test_known_bug_a_node_declared_dead_while_the_round_forms_is_admitted() -> None:
+    # Nodes 0 and 1 die together: 1's watcher is 0, so the new round waits for 1 (last
+    # call). Node 3 is cut off meanwhile and declared dead; that very declaration lowers
+    # the expected count, the round closes at once, and node 3 is in it.
+    configs = _grid(5, [f"crash:0/1@5,partition:3@{t}+6" for t in (10, 12, 15)])
+    assert _broken(configs) == []
+
+
+@pytest.mark.xfail(reason="protocol: a slot without a descriptor shrinks the round")
+def test_known_bug_a_joiner_dying_between_slot_and_descriptor_shrinks_the_round() -> None:
+    # The closer waits assign_timeout for the missing descriptor, then forms the round
+    # without it: 1 node where min is 2, and `close` still says 2 (newcomers see it full).
+    crashes = [f"crash:0@{0.01 + i * 0.0002:.4f}" for i in range(150)]
+    assert _broken(_grid(3, crashes, max_nodes=2, start_spread_s=0.1)) == []
+
+
+@pytest.mark.xfail(reason="protocol: a spare waits forever on a round nobody can close")
+def test_known_bug_spare_waits_forever_when_the_only_joiner_died_before_closing() -> None:
+    # max 1: the joiner with slot 0 dies before its close; the other one holds slot 1
+    # (>= max) and waits as a spare; wait_for_change skips rounds that are still forming.
+    crashes = [f"crash:{n}@{0.01 + i * 0.0002:.4f}" for n in (0, 1) for i in range(150)]
+    configs = _grid(2, crashes, min_nodes=1, max_nodes=1, start_spread_s=0.1)
+    assert _broken(configs) == []
+
+
+def test_fixed_spares_take_over_when_every_member_died() -> None:
+    # Found here first, fixed in the protocol: the round's `alive` counter.
+    assert _broken(_grid(2, ["crash:0@5", "crash:1@5"], min_nodes=1, max_nodes=1)) == []
+
+
+def test_fixed_a_slot_taken_just_after_close_asks_for_a_scale_up() -> None:
+    # Found here first, fixed in the protocol: such a joiner bumps instead of waiting.
+    late = [f"crash:0@5,late:3@{8.8 + i * 0.001:.3f}" for i in range(300)]
+    assert _broken(_grid(4, late, last_call_timeout_s=2.0)) == []
