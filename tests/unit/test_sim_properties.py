@@ -15,7 +15,7 @@ from chaos.sim.faults import KINDS, NODE_KINDS, WINDOW_KINDS
 # "Findings"): tolerated here by their narrow codes so the property keeps guarding
 # everything else; each has a probe below (xfail until the protocol is fixed: then the
 # probe passes, and its code should leave this set).
-KNOWN = frozenset({"dead_member", "short_round", "orphaned_round"})
+KNOWN = frozenset({"dead_member"})
 
 
 @st.composite
@@ -84,7 +84,9 @@ def _grid(nodes: int, faults: list[str], **kw: object) -> list[SimConfig]:
     return [SimConfig(faults=parse_faults(f), **base) for f in faults]  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(reason="protocol: the closer admits a joiner declared dead meanwhile")
+@pytest.mark.xfail(
+    strict=True, reason="protocol: the closer admits a joiner declared dead meanwhile"
+)
 def test_known_bug_a_node_declared_dead_while_the_round_forms_is_admitted() -> None:
     # Nodes 0 and 1 die together: 1's watcher is 0, so the new round waits for 1 (last
     # call). Node 3 is cut off meanwhile and declared dead; that very declaration lowers
@@ -93,7 +95,6 @@ def test_known_bug_a_node_declared_dead_while_the_round_forms_is_admitted() -> N
     assert _broken(configs) == []
 
 
-@pytest.mark.xfail(reason="protocol: a slot without a descriptor shrinks the round")
 def test_known_bug_a_joiner_dying_between_slot_and_descriptor_shrinks_the_round() -> None:
     # The closer waits assign_timeout for the missing descriptor, then forms the round
     # without it: 1 node where min is 2, and `close` still says 2 (newcomers see it full).
@@ -101,7 +102,6 @@ def test_known_bug_a_joiner_dying_between_slot_and_descriptor_shrinks_the_round(
     assert _broken(_grid(3, crashes, max_nodes=2, start_spread_s=0.1)) == []
 
 
-@pytest.mark.xfail(reason="protocol: a spare waits forever on a round nobody can close")
 def test_known_bug_spare_waits_forever_when_the_only_joiner_died_before_closing() -> None:
     # max 1: the joiner with slot 0 dies before its close; the other one holds slot 1
     # (>= max) and waits as a spare; wait_for_change skips rounds that are still forming.

@@ -130,9 +130,11 @@ def _join_round(
         raw, now = yield Get(k.assign(rnd, slot))
         if raw is not None:
             return Assignment.from_json(raw)
+        cur, now = yield Get(k.round)
+        if round_of(cur) != rnd:
+            return None  # the closer gave the round up (see _close_round)
         if now >= give_up:
             # The closer died between deciding and assigning: nobody can finish this round.
-            cur, now = yield Get(k.round)
             if round_of(cur) == rnd:
                 yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
             return None
@@ -166,6 +168,13 @@ def _close_round(p: Params, rnd: int, size: int) -> Generator[Op, Feedback, None
         yield Sleep(p.poll_interval_s)
         raws, now = yield MultiGet(keys)
     nodes = [(slot, NodeInfo.from_json(raw)) for slot, raw in enumerate(raws) if raw is not None]
+    if len(nodes) < p.min_nodes:
+        # Joiners died between taking a slot and describing themselves: this round cannot
+        # form. Start a new one rather than run below MIN.
+        cur, now = yield Get(k.round)
+        if round_of(cur) == rnd:
+            yield from bump(p, cur, reason=CLOSER_LOST, by="closer", expected=len(nodes))
+        return
     last_raw, now = yield Get(k.last)
     last = json.loads(last_raw) if last_raw is not None else None
     bump_raw, now = yield Get(k.r(rnd, "bump"))
@@ -237,7 +246,7 @@ def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | No
     # before taking the store down (see finish).
     yield Add(k.spares, 1)
     alive_value, now = yield Add(k.r(rnd, "alive"), 0)
-    alive_since = now
+    alive_since = forming_since = now
     while True:
         yield Sleep(p.poll_interval_s * _SPARE_POLL_FACTOR)
         done, now = yield Get(k.done)
@@ -250,7 +259,13 @@ def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | No
             return None
         closed, now = yield Get(k.r(rnd, "close"))
         if closed is None:
-            continue  # still forming: its joiners are alive by definition
+            # A spare exists only once more than MAX joined, so a live joiner closes the
+            # round at once; still open after assign_timeout means every joiner died.
+            if now - forming_since >= p.assign_timeout_s:
+                yield Add(k.spares, -1)
+                yield from bump(p, cur, reason=CLOSER_LOST, by="spare", expected=0)
+                return None
+            continue
         value, now = yield Add(k.r(rnd, "alive"), 0)
         if value != alive_value:
             alive_value, alive_since = value, now
