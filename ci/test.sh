@@ -12,5 +12,5 @@ echo "== unit tests"
 python3 -m pytest tests/unit -q -n 2 -p no:cacheprovider
 echo "== integration tests"
 python3 -m pytest tests/integration -q -n 2 -p no:cacheprovider -m "integration and not root and not docker and not gpu"
-echo "== chaos scenarios (the resilience suite, local topology)"
-python3 -m pytest tests/chaos -q -n 2 -p no:cacheprovider -m "chaos and not root and not docker and not gpu"
+echo "== chaos scenarios (the resilience suite: local topology, and netns where root)"
+python3 -m pytest tests/chaos -q -n 2 -p no:cacheprovider -m "chaos and not docker and not gpu"

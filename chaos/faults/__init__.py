@@ -1,6 +1,6 @@
 """Faults: one function per fault kind, each returning what it actually did.
 
-    fire(fault, ctx) -> did          heal(fault, ctx, did) -> did   (pause_node only)
+    fire(fault, ctx) -> did          heal(fault, ctx, did) -> did   (pause_node, partition)
 
 `did` is a JSON-able dict recorded verbatim in history.jsonl (`fault.fire` / `fault.heal`).
 A fault that cannot apply when it fires (the rank has no live worker, the node already
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import nodes, store, workers
+from chaos.faults import nodes, partition, store, workers
 from chaos.scenario.schema import Fault, Scenario
 from chaos.topology.base import Topology
 
@@ -42,8 +42,12 @@ FIRE: dict[str, FireFn] = {
     "leave_node": nodes.leave_node,
     "kill_store_host": store.kill_store_host,
     "kill_etcd_member": store.kill_etcd_member,
+    "partition": partition.partition,
 }
-HEAL: dict[str, HealFn] = {"pause_node": nodes.resume_node}
+HEAL: dict[str, HealFn] = {
+    "pause_node": nodes.resume_node,
+    "partition": partition.heal_partition,
+}
 
 
 def fire(fault: Fault, ctx: FaultContext) -> dict[str, Any]:

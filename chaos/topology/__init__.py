@@ -30,6 +30,10 @@ def make_topology(
         from chaos.topology.local import LocalTopology
 
         return LocalTopology(scenario, run_dir=run_dir, launcher=launcher, view=view)
-    if backend in ("netns", "docker"):
+    if backend == "netns":
+        from chaos.topology.netns import NetnsTopology
+
+        return NetnsTopology(scenario, run_dir=run_dir, launcher=launcher, view=view)
+    if backend == "docker":
         raise TopologyError(f"the {backend} topology is not available yet; use --backend local")
     raise TopologyError(f"unknown topology backend {backend!r} (local, netns or docker)")

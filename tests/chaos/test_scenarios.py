@@ -19,7 +19,7 @@ from chaos.scenario.loader import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
-BUILT_BACKENDS = ("local",)
+BUILT_BACKENDS = ("local", "netns")
 
 
 def _param(path: Path) -> object:
@@ -41,6 +41,10 @@ def test_scenario(path: Path, tmp_path: Path) -> None:
     backend = scenario.topology.backend
     if backend not in BUILT_BACKENDS:
         pytest.skip(f"the {backend} topology is not built yet (only {BUILT_BACKENDS})")
+    if backend == "netns" and (
+        os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables") is None
+    ):
+        pytest.skip("the netns topology needs root, ip and iptables (ci/install.sh)")
     if scenario.topology.rdzv_backend == "etcd" and shutil.which("etcd") is None:
         pytest.skip("etcd is not installed (ci/install.sh installs it)")
     run_dir = tmp_path / "run"
