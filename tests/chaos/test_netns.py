@@ -65,7 +65,11 @@ def test_partitioned_minority_is_dropped_and_the_majority_finishes(tmp_path: Pat
     assert result.leftover_pids == () and result.bound_ports == (), log
 
     assert not result.timed_out, log
-    assert result.exit_codes == {0: 0, 1: 0, 2: 0}, log
+    # The majority finishes. The cut-off node either gives up (its heartbeats to the store
+    # on node 0 fail: exit 1, "lost the rendezvous store") or, if TCP held on until the
+    # heal, rejoins and finishes too: both are correct, which one depends on timing.
+    assert (result.exit_codes[0], result.exit_codes[1]) == (0, 0), log
+    assert result.exit_codes[2] in (0, 1), log
     history = load_history(tmp_path / "run")
 
     fires = [r for r in history.records if r["kind"] == "fault.fire"]
