@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -76,6 +77,13 @@ def run_main(args: list[str]) -> int:
     except RunError as err:
         print(f"chaos: error: {err}", file=sys.stderr)
         return 2
+    # Judge and report the scenario as it was run (overrides applied).
+    scenario = dataclasses.replace(
+        scenario,
+        seed=seed,
+        launcher=launcher,
+        topology=dataclasses.replace(scenario.topology, backend=backend),
+    )
     verdicts = run_checkers(load_history(run_dir), scenario)
     replay = replay_command(opts.scenario, seed, backend, launcher)
     summary = write_report(run_dir, scenario, verdicts, seed=seed, replay_command=replay)
