@@ -25,7 +25,15 @@ from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
 from launcher.failures.error_file import read_error_file, write_parent_error_file
-from launcher.failures.report import WorkerFailure, exit_code_for, format_summary, root_cause
+from launcher.failures.report import (
+    WorkerFailure,
+    brief,
+    exit_code_for,
+    failure_fields,
+    format_summary,
+    root_cause,
+    signal_name,
+)
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
 from launcher.workers.env import (
@@ -134,7 +142,7 @@ class Agent:
             outcome=result.outcome,
             exit_code=result.exit_code,
             restarts=result.restarts,
-            root_cause=_failure_fields(root_cause(result.failures)) if result.failures else None,
+            root_cause=failure_fields(root_cause(result.failures)) if result.failures else None,
         )
         self.events.close()
         self.guardian.close()
@@ -211,9 +219,9 @@ class Agent:
                 self.events.emit(
                     ev.GROUP_FAILED,
                     restart_count=self.restart_count,
-                    failures=[_failure_fields(f) for f in failures],
+                    failures=[failure_fields(f) for f in failures],
                 )
-                rdzv.report_failure(f"{_brief(root_cause(failures))} on {self.node_id}")
+                rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
     def _monitor(self) -> str:
         cfg = self.config
@@ -319,7 +327,7 @@ class Agent:
             rank=worker.spec.ranks.global_rank,
             pid=worker.pid,
             exit_code=code,
-            signal=signal.Signals(-code).name if code < 0 and -code in _SIGNALS else None,
+            signal=signal_name(code) if code < 0 else None,
             stopped_by_agent=worker.stopped_by_agent,
             runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
         )
@@ -388,27 +396,3 @@ class Agent:
         self.pump.stop()
         if self._rendezvous is not None:
             self._rendezvous.shutdown()
-
-
-_SIGNALS = {int(s) for s in signal.Signals}
-
-
-def _failure_fields(failure: WorkerFailure) -> dict[str, object]:
-    return {
-        "rank": failure.global_rank,
-        "local_rank": failure.local_rank,
-        "pid": failure.pid,
-        "exit_code": failure.exitcode,
-        "signal": signal.Signals(-failure.exitcode).name
-        if failure.exitcode < 0 and -failure.exitcode in _SIGNALS
-        else None,
-        "message": failure.record.message if failure.record else None,
-        "timestamp": failure.timestamp,
-        "host": failure.host,
-    }
-
-
-def _brief(failure: WorkerFailure) -> str:
-    fields = _failure_fields(failure)
-    how = fields["signal"] or f"exit code {failure.exitcode}"
-    return f"rank {failure.global_rank} (local_rank {failure.local_rank}, pid {failure.pid}) {how}"

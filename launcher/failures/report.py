@@ -149,3 +149,24 @@ def _format_failure(idx: int, f: WorkerFailure) -> str:
             f"  traceback : {message}",
         ]
     )
+
+
+def failure_fields(failure: WorkerFailure) -> dict[str, object]:
+    """The failure as the event log records it (docs/event-log.md, "failure object")."""
+    return {
+        "rank": failure.global_rank,
+        "local_rank": failure.local_rank,
+        "pid": failure.pid,
+        "exit_code": failure.exitcode,
+        "signal": signal_name(failure.exitcode) if failure.exitcode < 0 else None,
+        "message": failure.record.message if failure.record else None,
+        "timestamp": failure.timestamp,
+        "host": failure.host,
+    }
+
+
+def brief(failure: WorkerFailure) -> str:
+    """One line for logs and for other nodes: which worker failed and how."""
+    how = signal_name(failure.exitcode) if failure.exitcode < 0 else None
+    how = how or f"exit code {failure.exitcode}"
+    return f"rank {failure.global_rank} (local_rank {failure.local_rank}, pid {failure.pid}) {how}"

@@ -25,14 +25,13 @@ from launcher.rendezvous.state.model import (
     Step,
     round_of,
 )
-from launcher.rendezvous.state.protocol import (
+from launcher.rendezvous.state.protocol import bump, join
+from launcher.rendezvous.state.running import (
     WatchState,
-    bump,
     check_round,
     declared_dead,
     finish,
     heartbeat,
-    join,
     leave,
     mark_failed,
     report_failure,

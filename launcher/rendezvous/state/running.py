@@ -1,0 +1,182 @@
+"""The protocol steps of a formed job: watching the round, reporting a failure, leaving,
+heartbeats, and the exit barrier (joining and closing rounds live in protocol.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass
+
+from launcher.rendezvous.state.model import (
+    FAILED,
+    Add,
+    Assignment,
+    Feedback,
+    Get,
+    Keys,
+    Op,
+    Params,
+    Set,
+    Sleep,
+    round_of,
+)
+from launcher.rendezvous.state.protocol import (
+    _HOST_GRACE_S,
+    NODE_LEFT,
+    NODE_LOST,
+    WORKER_FAILURE,
+    _dead_after_s,
+    bump,
+)
+
+
+def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
+    """The running member's O(1) check: None, or why the job is re-forming."""
+    k = Keys(p.run_id)
+    cur, _ = yield Get(k.round)
+    new = round_of(cur)
+    if new == rnd:
+        return None
+    record, _ = yield Get(k.r(new, "bump"))
+    return str(json.loads(record)["reason"]) if record is not None else "unknown"
+
+
+def report_failure(
+    p: Params, a: Assignment, *, by: str, detail: str
+) -> Generator[Op, Feedback, None]:
+    """A local worker failed: every node must restart (job-wide), the closer of the next
+    round decides whether it is charged to the restart budget."""
+    k = Keys(p.run_id)
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == a.round:
+        yield from bump(
+            p, cur, reason=WORKER_FAILURE, by=by, expected=a.group_world_size, detail=detail
+        )
+
+
+def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:
+    """A deliberate exit: mark this incarnation gone and let the rest re-form at once."""
+    k = Keys(p.run_id)
+    yield Set(k.dead(me), "left")
+    if a is None:
+        return
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == a.round:
+        yield from bump(p, cur, reason=NODE_LEFT, by=me, expected=a.group_world_size - 1)
+
+
+def finish(
+    p: Params,
+    a: Assignment,
+    *,
+    hosting: bool,
+    timeout_s: float,
+    now: float,
+    succeeded: bool = True,
+) -> Generator[Op, Feedback, str]:
+    """The exit barrier of a member: its workers all succeeded, or the job failed (the
+    restart budget is spent).
+
+    On success the last member to finish marks the job done; every member waits, bounded,
+    until the job is done or moved on. Then each says goodbye, and the member hosting the
+    store waits (bounded) for the other members' goodbyes and for the waiting spares to see
+    the end, so the store never vanishes under a node still using it.
+    Returns "succeeded", "failed", "moved_on" or "timeout".
+    """
+    k = Keys(p.run_id)
+    if succeeded:
+        count, now = yield Add(k.r(a.round, "succeeded"), 1)
+        if int(count) >= a.group_world_size:
+            yield Set(k.done, "succeeded")
+        outcome = yield from _await_job_end(p, a, until=now + timeout_s)
+    else:
+        yield Set(k.done, FAILED)
+        outcome = FAILED
+    released, now = yield Add(k.r(a.round, "released"), 1)
+    if hosting:
+        give_up = now + min(timeout_s, _HOST_GRACE_S)
+        while now < give_up:
+            spares, now = yield Add(k.spares, 0)
+            seen, now = yield Add(k.spares_seen_end, 0)
+            if int(released) >= a.group_world_size and int(seen) >= int(spares):
+                break
+            yield Sleep(p.poll_interval_s)
+            released, now = yield Add(k.r(a.round, "released"), 0)
+    return str(outcome)
+
+
+def declared_dead(p: Params, me: str) -> Generator[Op, Feedback, bool]:
+    """Whether peers gave this incarnation up for dead (then it must rejoin as a new one:
+    a dead identity never enters a round again)."""
+    mine, _ = yield Get(Keys(p.run_id).dead(me))
+    return mine is not None
+
+
+def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
+    yield Set(Keys(p.run_id).done, FAILED)
+
+
+@dataclass
+class WatchState:
+    """What one member knows about the one it watches (mutable, owned by its driver)."""
+
+    round: int
+    group_world_size: int
+    watched: str
+    last_value: int | None = None
+    last_change: float = 0.0
+
+
+def heartbeat(
+    p: Params, me: str, watch: WatchState | None, *, now: float
+) -> Generator[Op, Feedback, str | None]:
+    """One keep-alive tick: beat, check we are not declared dead, check the watched node.
+
+    Returns "declared_dead" if this incarnation was declared dead (it must rejoin under a
+    new id), "node_lost" if it just declared its watched node dead, else None.
+    """
+    k = Keys(p.run_id)
+    yield Add(k.hb(me), 1)
+    if watch is not None:
+        yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
+    mine, now = yield Get(k.dead(me))
+    if mine is not None:
+        return "declared_dead"
+    if watch is None or not watch.watched:
+        return None
+    value, now = yield Add(k.hb(watch.watched), 0)
+    if value != watch.last_value:
+        watch.last_value, watch.last_change = int(value), now
+        return None
+    if now - watch.last_change < _dead_after_s(p):
+        return None
+    yield Set(k.dead(watch.watched), "lost")
+    cur, _ = yield Get(k.round)
+    if round_of(cur) == watch.round:
+        yield from bump(
+            p,
+            cur,
+            reason=NODE_LOST,
+            by=me,
+            expected=watch.group_world_size - 1,
+            detail=watch.watched,
+        )
+    else:
+        # The job is already re-forming: tell the forming round not to wait for the dead.
+        yield Add(k.r(round_of(cur), "expected"), -1)
+    watch.watched = ""
+    return "node_lost"
+
+
+def _await_job_end(p: Params, a: Assignment, *, until: float) -> Generator[Op, Feedback, str]:
+    k = Keys(p.run_id)
+    now = -float("inf")
+    while now < until:
+        done, now = yield Get(k.done)
+        if done is not None:
+            return str(done)
+        cur, now = yield Get(k.round)
+        if round_of(cur) != a.round:
+            return "moved_on"
+        yield Sleep(p.poll_interval_s)
+    return "timeout"
