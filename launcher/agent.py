@@ -101,6 +101,8 @@ class Agent:
         paths = [config.event_log] if config.event_log else []
         if self.logs.run_dir is not None:
             paths.append(self.logs.run_dir / "events.jsonl")
+        if config.event_log_console:  # --event-log-handler console
+            paths.append(Path("/dev/stderr"))
         self.events = ev.EventLog(run_id=config.run_id, node_id=self.node_id, paths=paths)
         self.group = WorkerGroup(guardian=self.guardian, pump=self.pump, on_exit=self._on_exit)
         self.group.register_wakeup(inbox.read_fd)

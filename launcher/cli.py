@@ -44,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LauncherError as err:
         print(f"launcher: error: {err}", file=sys.stderr)
         return err.exit_code
+    for flag, value in (("--numa-binding", args.numa_binding), ("--logs-specs", args.logs_specs)):
+        if value:
+            logging.getLogger("launcher").warning(
+                "%s %s is accepted for compatibility but not applied by this launcher", flag, value
+            )
     for sig in config.signals_to_handle:
         signal.signal(sig, lambda signum, _frame: os.write(inbox.write_fd, bytes([signum])))
     if "OMP_NUM_THREADS" not in os.environ and config.nproc_per_node > 1:
