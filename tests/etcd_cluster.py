@@ -10,48 +10,21 @@ PDEATHSIG (via `setpriv`), so they die with the test process even if it is kille
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-HOST = "127.0.0.1"
-START_ATTEMPTS = 3  # a port the kernel handed out can be taken before etcd binds it
-# urllib must never route loopback requests through a proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# The process and HTTP helpers are the harness's own (chaos/topology/etcd.py); this module
+# keeps only the test-facing cluster API (members, kill, status, context managers).
+from chaos.topology.etcd import HOST, START_ATTEMPTS, etcd_binary, free_ports, http_json
+from chaos.topology.etcd import die_with_parent as _die_with_parent
 
-
-def etcd_binary() -> str | None:
-    return shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel considers free right now (held together, so all distinct)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-def _die_with_parent(argv: list[str]) -> list[str]:
-    """argv under util-linux `setpriv --pdeathsig KILL` (it execs: the PID stays etcd's)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-
-
-def http_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 2.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    with _OPENER.open(urllib.request.Request(url, data=data), timeout=timeout_s) as reply:
-        return json.loads(reply.read())
+__all__ = ["HOST", "EtcdCluster", "EtcdServer", "etcd_binary", "free_ports", "http_json"]
 
 
 @dataclass
