@@ -32,14 +32,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where to write the run (default: runs/<name>-<time>)",
     )
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="docker backend: the node image (default: the scenario's, else one built offline)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
-def replay_command(scenario: Path, seed: int, backend: str, launcher: str) -> str:
+def replay_command(
+    scenario: Path, seed: int, backend: str, launcher: str, image: str | None = None
+) -> str:
     parts = ["chaos", "run", str(scenario), "--seed", str(seed), "--backend", backend]
     if launcher != "launcher":
         parts += ["--launcher", launcher]
+    if image:
+        parts += ["--image", image]
     return shlex.join(parts)
 
 
@@ -58,6 +67,16 @@ def run_main(args: list[str]) -> int:
         return 2
     seed = scenario.seed if opts.seed is None else opts.seed
     backend = opts.backend or scenario.topology.backend
+    if opts.image is not None:
+        if backend != "docker":
+            print(
+                f"chaos: error: --image is for --backend docker (this run: {backend})",
+                file=sys.stderr,
+            )
+            return 2
+        scenario = dataclasses.replace(
+            scenario, topology=dataclasses.replace(scenario.topology, image=opts.image)
+        )
     launcher = opts.launcher or scenario.launcher
     run_dir = opts.run_dir or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -85,7 +104,7 @@ def run_main(args: list[str]) -> int:
         topology=dataclasses.replace(scenario.topology, backend=backend),
     )
     verdicts = run_checkers(load_history(run_dir), scenario)
-    replay = replay_command(opts.scenario, seed, backend, launcher)
+    replay = replay_command(opts.scenario, seed, backend, launcher, opts.image)
     summary = write_report(run_dir, scenario, verdicts, seed=seed, replay_command=replay)
     print(summary)
     failed = [v for v in verdicts if v.status == "fail"]

@@ -21,7 +21,8 @@ class WorkerTarget:
     rank: int
     local_rank: int | None
     node: int
-    pid: int
+    pid: int  # as the node sees it (what event logs, error files and reports name)
+    host_pid: int  # as the harness signals it (differs inside a container)
     round: int | None  # None when resolved from step reports
     source: str  # "events" or "steps"
 
@@ -31,6 +32,7 @@ class WorkerTarget:
             "local_rank": self.local_rank,
             "node": self.node,
             "pid": self.pid,
+            "host_pid": self.host_pid,
             "round": self.round,
             "resolved_from": self.source,
         }
@@ -63,13 +65,15 @@ def resolve_worker(
             return f"no worker with {want} in the current round {current}"
         n, event = max(found, key=lambda item: item[1].wall_time)
         pid = int(event.fields["pid"])
-        if pid not in topology.node_pids(n):
+        host = topology.host_pid(n, pid)
+        if host is None:
             return f"the worker with {want} (pid {pid}, node {n}) is no longer running"
         return WorkerTarget(
             rank=int(event.fields["rank"]),
             local_rank=event.fields.get("local_rank"),
             node=n,
             pid=pid,
+            host_pid=host,
             round=current,
             source="events",
         )
@@ -80,13 +84,15 @@ def resolve_worker(
     reporter, owner = row.get("pid"), row.get("node")
     if not isinstance(reporter, int) or not isinstance(owner, int):
         return f"the last step report of {want} names no pid and node"
-    if reporter not in topology.node_pids(owner):
+    host = topology.host_pid(owner, reporter)
+    if host is None:
         return f"the last worker that reported {want} (pid {reporter}) is no longer running"
     return WorkerTarget(
         rank=int(row["rank"]),
         local_rank=row.get("local_rank"),
         node=owner,
         pid=reporter,
+        host_pid=host,
         round=None,
         source="steps",
     )

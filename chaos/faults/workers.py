@@ -63,5 +63,5 @@ def kill_worker(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
             "signal": None,
         }
     sig = parse_signal(fault.signal)
-    sent = ctx.topology.signal_node(target.node, [target.pid], sig)
+    sent = ctx.topology.signal_node(target.node, [target.host_pid], sig)
     return {**did, "via": "signal", "signal": sig.name, "signalled": bool(sent)}

@@ -30,6 +30,8 @@ def scenario_to_data(scenario: Scenario) -> dict[str, Any]:
         etcd_members=topo.etcd_members,
         launcher_args=list(topo.launcher_args),
     )
+    if topo.image is not None:
+        topology["image"] = topo.image
     data: dict[str, Any] = {"name": scenario.name}
     if scenario.description:
         data["description"] = scenario.description

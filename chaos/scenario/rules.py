@@ -31,7 +31,7 @@ TOP_KEYS = (
 )  # fmt: skip
 TOPOLOGY_KEYS = (
     "backend", "nodes", "spares", "nproc_per_node", "nnodes", "min_nodes", "max_nodes",
-    "rdzv_backend", "etcd_members", "launcher_args",
+    "rdzv_backend", "etcd_members", "launcher_args", "image",
 )  # fmt: skip
 WORKLOAD_KEYS = ("script", "steps", "step_s", "checkpoint_every", "args")
 EXPECT_KEYS = (
@@ -97,6 +97,7 @@ def _section(top: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
 
 
 def build_topology(f: Fields, backend: str | None) -> Topology:
+    overridden = backend is not None
     if backend is not None:  # `--backend` replaces the scenario's before any rule runs
         if backend not in TOPOLOGY_BACKENDS:
             f.error(
@@ -142,6 +143,12 @@ def build_topology(f: Fields, backend: str | None) -> Topology:
             v.fail("1, 3 or 5 etcd members")
         if etcd_members != 1 and rdzv_backend != "etcd":
             v.error(f"etcd_members needs rdzv_backend: etcd, got {rdzv_backend!r}")
+    image = None
+    if (v := f.get("image")) is not None:
+        image = v.text(what="a docker image name, e.g. myorg/train:1")
+        # An image in a docker scenario run elsewhere by --backend is simply not used.
+        if not overridden and backend != "docker":
+            v.error("image is only for backend: docker (the node image of the docker topology)")
     launcher_args: tuple[str, ...] = ()
     if (v := f.get("launcher_args")) is not None:
         launcher_args = _words(v)
@@ -157,7 +164,7 @@ def build_topology(f: Fields, backend: str | None) -> Topology:
     return Topology(
         backend=backend or "local", nodes=nodes, spares=spares, nproc_per_node=nproc,
         min_nodes=min_nodes, max_nodes=max_nodes, rdzv_backend=rdzv_backend,
-        etcd_members=etcd_members, launcher_args=launcher_args,
+        etcd_members=etcd_members, launcher_args=launcher_args, image=image,
     )  # fmt: skip
 
 

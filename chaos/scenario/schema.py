@@ -37,6 +37,7 @@ class Topology:
     rdzv_backend: str = "c10d"
     etcd_members: int = 1
     launcher_args: tuple[str, ...] = ()
+    image: str | None = None  # docker: the node image (default: built offline by the harness)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
 """Where the nodes of a chaos run live: one protocol (`base.Topology`), several backends.
 
-`local` (this package, no root): agents on loopback addresses. `netns` and `docker` (root,
-partitions) plug in behind the same protocol.
+`local` (no root): agents on loopback addresses. `netns` (root): network namespaces on a
+private bridge. `docker`: containers on an internal Docker network (chaos.topology.containers).
+Partitions need one of the last two.
 """
 
 from __future__ import annotations
@@ -35,5 +36,7 @@ def make_topology(
 
         return NetnsTopology(scenario, run_dir=run_dir, launcher=launcher, view=view)
     if backend == "docker":
-        raise TopologyError(f"the {backend} topology is not available yet; use --backend local")
+        from chaos.topology.containers import DockerTopology
+
+        return DockerTopology(scenario, run_dir=run_dir, launcher=launcher, view=view)
     raise TopologyError(f"unknown topology backend {backend!r} (local, netns or docker)")

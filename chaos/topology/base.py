@@ -96,6 +96,12 @@ class Topology(Protocol):
         """Learns the processes started since the last call (call it often while running)."""
         ...
 
+    def host_pid(self, index: int, node_pid: int) -> int | None:
+        """The harness's pid of the live process that node `index` knows as `node_pid` (event
+        logs and step reports name pids as the node sees them; a container has its own PID
+        namespace), or None when no such process of that node is alive."""
+        ...
+
     def node_pids(self, index: int) -> list[int]:
         """Every live process of that node: the agent first, then its tree and its workers."""
         ...

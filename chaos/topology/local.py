@@ -299,7 +299,13 @@ class LocalTopology:
         self.refresh()
         return sorted(ident.pid for ident in self._alive())
 
-    def bound_ports(self) -> list[int]:
+    def host_pid(self, index: int, node_pid: int) -> int | None:
+        """The harness's pid of a process that node `index` knows as `node_pid` (the same
+        number here: every local node shares the harness's PID namespace)."""
+        return node_pid if node_pid in self.node_pids(index) else None
+
+    def _job_ports(self) -> set[int]:
+        """The rendezvous and master ports the job used (from events and step reports)."""
         ports: set[int] = set()
         if isinstance(self._store, C10dStore):
             ports.add(self._store.port)
@@ -307,7 +313,10 @@ class LocalTopology:
             if isinstance(event.fields.get("master_port"), int):
                 ports.add(event.fields["master_port"])
         ports.update(r["master_port"] for r in self.view.steps if r.get("master_port"))
-        return procs.listening(ports)
+        return ports
+
+    def bound_ports(self) -> list[int]:
+        return procs.listening(self._job_ports())
 
     def supports(self, fault_kind: str) -> Support:
         if fault_kind not in FAULT_KINDS:

@@ -90,11 +90,13 @@ def send(procs: Iterable[ProcId], sig: signal.Signals) -> list[int]:
     return done
 
 
-def listening(ports: Iterable[int]) -> list[int]:
-    """Which of `ports` some socket on this machine is listening on (IPv4 or IPv6)."""
+def listening(ports: Iterable[int], *, pid: int | None = None) -> list[int]:
+    """Which of `ports` some socket is listening on (IPv4 or IPv6): in this process's network
+    namespace, or in that of process `pid` (/proc/<pid>/net shows the namespace of `pid`)."""
     wanted = set(ports)
     bound: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    base = "/proc/net" if pid is None else f"/proc/{pid}/net"
+    for table in (f"{base}/tcp", f"{base}/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:

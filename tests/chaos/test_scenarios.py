@@ -1,9 +1,12 @@
-"""The resilience suite: every scenario in scenarios/ runs as a test (marked by backend).
+"""The resilience suite: every scenario in scenarios/ runs as a test on every topology backend
+that can inject its faults (local; netns and docker where root and a Docker daemon), marked
+by backend.
 
 A failing scenario prints the harness summary and the exact command that replays it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -16,44 +19,78 @@ from chaos.report import write_report
 from chaos.run_cli import replay_command
 from chaos.runner import run_scenario
 from chaos.scenario.loader import load_scenario
+from chaos.scenario.schema import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
-BUILT_BACKENDS = ("local", "netns")
+BACKENDS = ("local", "netns", "docker")
+# CI sets this (ci/test.sh): a backend it lists must run here, so a missing daemon or tool
+# fails the suite instead of skipping the scenarios quietly.
+REQUIRED = set(os.environ.get("CHAOS_REQUIRE_BACKENDS", "").split())
 
 
-def _param(path: Path) -> object:
-    scenario = load_scenario(path)
-    marks = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
-    backend = scenario.topology.backend
+def runs_on(scenario: Scenario, backend: str) -> bool:
+    """The catalog runs every scenario on every backend that can inject all its faults."""
+    if scenario.topology.backend == "docker" and scenario.topology.image and backend != "docker":
+        return False
+    if backend == "local":
+        return all(f.kind != "partition" for f in scenario.faults)
+    return scenario.topology.rdzv_backend == "c10d"  # netns, docker: no etcd cluster yet
+
+
+def _params() -> list[object]:
+    params = []
+    for path in SCENARIOS:
+        scenario = load_scenario(path)
+        for backend in BACKENDS:
+            if not runs_on(scenario, backend):
+                continue
+            marks = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
+            if backend == "netns":
+                marks.append(pytest.mark.root)
+            elif backend == "docker":
+                marks.append(pytest.mark.docker)
+            if scenario.topology.rdzv_backend == "etcd":
+                marks.append(pytest.mark.etcd)
+            params.append(pytest.param(path, backend, marks=marks, id=f"{path.stem}-{backend}"))
+    return params
+
+
+def _unavailable(scenario: Scenario, backend: str) -> str | None:
     if backend == "netns":
-        marks.append(pytest.mark.root)
-    elif backend == "docker":
-        marks.append(pytest.mark.docker)
-    if scenario.topology.rdzv_backend == "etcd":
-        marks.append(pytest.mark.etcd)
-    return pytest.param(path, marks=marks, id=path.stem)
+        from chaos.topology.netns import have_netns
 
+        return have_netns()
+    if backend == "docker":
+        from chaos.topology.containers import have_docker
 
-@pytest.mark.parametrize("path", [_param(p) for p in SCENARIOS])
-def test_scenario(path: Path, tmp_path: Path) -> None:
-    scenario = load_scenario(path)
-    backend = scenario.topology.backend
-    if backend not in BUILT_BACKENDS:
-        pytest.skip(f"the {backend} topology is not built yet (only {BUILT_BACKENDS})")
-    if backend == "netns" and (
-        os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables") is None
-    ):
-        pytest.skip("the netns topology needs root, ip and iptables (ci/install.sh)")
+        return have_docker()
     if scenario.topology.rdzv_backend == "etcd" and shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (ci/install.sh installs it)")
+        return "etcd is not installed (ci/install.sh installs it)"
+    return None
+
+
+@pytest.mark.parametrize(("path", "backend"), _params())
+def test_scenario(path: Path, backend: str, tmp_path: Path) -> None:
+    scenario = load_scenario(path)
+    missing = _unavailable(scenario, backend)
+    if missing:
+        if backend in REQUIRED:
+            pytest.fail(f"CHAOS_REQUIRE_BACKENDS names {backend}, but {missing}")
+        pytest.skip(missing)
     run_dir = tmp_path / "run"
-    run_scenario(scenario, run_dir=run_dir, seed=scenario.seed, progress=lambda _line: None)
+    run_scenario(
+        scenario, run_dir=run_dir, seed=scenario.seed, backend=backend, progress=lambda _l: None
+    )
+    # Judged as run: the backend override applied, as `chaos run --backend` does.
+    scenario = dataclasses.replace(
+        scenario, topology=dataclasses.replace(scenario.topology, backend=backend)
+    )
     verdicts = run_checkers(load_history(run_dir), scenario)
     replay = replay_command(path.relative_to(ROOT), scenario.seed, backend, scenario.launcher)
     summary = write_report(run_dir, scenario, verdicts, seed=scenario.seed, replay_command=replay)
     keep = os.environ.get("CHAOS_KEEP_RUNS")
     if keep:
-        shutil.copytree(run_dir, Path(keep) / path.stem, dirs_exist_ok=True)
+        shutil.copytree(run_dir, Path(keep) / f"{path.stem}-{backend}", dirs_exist_ok=True)
     failed = [v for v in verdicts if v.status == "fail"]
     assert not failed, f"{summary}\nreplay: {replay}"

@@ -145,6 +145,8 @@ RULES = [
     (N + "topology: {nodes: 2.5} #<", "topology.nodes", "got 2.5"),
     (N + "topology: {nproc_per_node: 0} #<", "topology.nproc_per_node", "got 0"),
     (N + "topology: {spares: -1} #<", "topology.spares", "between 0 and 1024"),
+    (N + "topology: {image: x:1} #<", "topology.image", "only for backend: docker"),
+    (N + "topology: {backend: docker, image: [a]} #<", "topology.image", "a docker image name"),
     (N + "topology: {nodes: 1000, spares: 100} #<", "topology.spares", "nodes + spares <= 1024"),
     (N + "topology: {nodes: 2, min_nodes: 3} #<", "topology.min_nodes", "min_nodes <= nodes (2)"),
     (N + "topology: {nodes: 3, max_nodes: 2} #<", "topology.max_nodes", "max_nodes >= nodes (3)"),
