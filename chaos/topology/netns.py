@@ -11,8 +11,8 @@ GLOO_SOCKET_IFNAME=veth0 (`ip netns exec` execs, so the pid is the agent's); the
 hosted by node 0 at its namespace address. Processes are tracked exactly as in the `local`
 topology (same PID namespace, /proc walks). Everything is created in `up()` and removed by
 `stop_all()` (which the runner calls on every exit path): deleting a namespace deletes its
-veth and its iptables rules. Partitions (chaos.faults.partition) add DROP rules inside a
-node's namespace through `netns_of` / `addr_of`.
+veth and its iptables rules. Partitions (chaos.faults.partition) add iptables rules inside a
+node's namespace through `net_exec` (`ip netns exec <ns>`) and `addr_of`.
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ class NetnsTopology(LocalTopology):
     def netns_of(self, index: int) -> str:
         return f"{self.prefix}-n{index}"
 
+    def net_exec(self, index: int) -> list[str]:
+        """The prefix that runs a command inside node `index`'s namespace (PartitionTarget)."""
+        return ["ip", "netns", "exec", self.netns_of(index)]
+
     def addr_of(self, index: int) -> str:
         if not 0 <= index <= self.max_index:
             raise TopologyError(f"node {index} is not in the topology (0..{self.max_index})")
@@ -176,7 +180,7 @@ class NetnsTopology(LocalTopology):
         self.view.watch_node(index)
         argv = self.agent_argv(index)
         # `ip netns exec` and setpriv both exec: the pid is the agent's.
-        full = ["ip", "netns", "exec", self.netns_of(index), *die_with_parent(argv)]
+        full = [*self.net_exec(index), *die_with_parent(argv)]
         with (
             (node_dir / "stdout.log").open("ab") as out,
             (node_dir / "stderr.log").open("ab") as err,
