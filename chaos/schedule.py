@@ -155,6 +155,8 @@ def describe_fault(fault: Fault) -> str:
         else:
             where = "the store" if fault.from_store else "all other nodes"
             parts.append(f"node {fault.node} from {where}")
+        if fault.mode != "drop":
+            parts.append(f"({fault.mode})")
     elif fault.kind in ("kill_store_host", "kill_etcd_member"):
         if fault.member is not None:
             parts.append(f"member {fault.member}")

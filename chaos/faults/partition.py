@@ -1,14 +1,29 @@
-"""The partition fault: a silent DROP of traffic between nodes, inside their namespaces.
+"""The partition fault: cut traffic between nodes with iptables, inside their network namespaces.
 
     node: N                 N is cut from every other node (and so from the store on node 0)
     node: N, from_store     N is cut from the store host only
     groups: [[0, 1], [2]]   every node is cut from the nodes of the other groups
+    mode: drop | reject     silent (default) or refused
 
-Each cut is a pair of iptables rules inside the cut node's network namespace,
-`INPUT -s PEER -j DROP` and `OUTPUT -d PEER -j DROP`: packets vanish, nobody is told, so peers
-hang until their own timeouts (loopback is untouched). The heal deletes exactly the rules the
-fire inserted (`did["rules"]`); deleting the namespace at teardown would drop them anyway.
-Works on any topology that says where a node's namespace is (`PartitionTarget`).
+Each cut (node, peer) is a set of rules inserted at the head of INPUT and OUTPUT inside the cut
+node's network namespace; loopback is never touched.
+
+- `drop`: `INPUT -s PEER -j DROP` and `OUTPUT -d PEER -j DROP`. Packets vanish and nobody is
+  told, so both sides hang until their own timeouts (TCP retransmits, heartbeats).
+- `reject`: TCP is refused at once, in both directions:
+  `INPUT ! -i lo -p tcp ! --tcp-flags RST RST -s PEER -j REJECT --reject-with tcp-reset` and
+  the OUTPUT twin `! -o lo ... -d PEER`. The node's own connects and sends get a reset from
+  its OUTPUT rule (ECONNREFUSED / ECONNRESET), the peer's get one from its INPUT rule. The two
+  exclusions matter: the reset the OUTPUT rule forges reaches the local socket through `lo`
+  with the peer's source address, and the INPUT rule must let resets through, or the reset
+  is itself rejected and the cut behaves like DROP. Non-TCP traffic to and from the peer is
+  dropped (`! -p tcp ... -j DROP`): the job speaks only TCP (TCPStore, gloo, etcd's HTTP), so
+  only TCP needs to be refused, but the cut stays complete for everything else (ping, UDP).
+
+The rules run through the topology's `net_exec(node)` prefix (netns: `ip netns exec NS`,
+docker: `nsenter -t PID -n`), so this module works on any topology that implements
+`PartitionTarget`. The heal deletes exactly the rules the fire inserted, through the same
+prefix (`did["rules"]`); tearing the namespaces down would drop them anyway.
 """
 
 from __future__ import annotations
@@ -22,22 +37,34 @@ if TYPE_CHECKING:
     from chaos.faults import FaultContext
 
 _TIMEOUT_S = 10.0
+_REFUSE = ["-p", "tcp", "!", "--tcp-flags", "RST", "RST"]
+_RESET = ["-j", "REJECT", "--reject-with", "tcp-reset"]
 
 
 @runtime_checkable
 class PartitionTarget(Protocol):
-    def netns_of(self, index: int) -> str: ...
+    """What a topology must offer for partitions (netns and docker do)."""
 
-    def addr_of(self, index: int) -> str: ...
+    def net_exec(self, index: int) -> list[str]:
+        """The command prefix that runs a command inside node `index`'s network namespace."""
+        ...
 
-    def node_indices(self) -> list[int]: ...
+    def addr_of(self, index: int) -> str:
+        """Node `index`'s address, as its peers see it."""
+        ...
+
+    def node_indices(self) -> list[int]:
+        """Every node of the topology, started or not (spares included)."""
+        ...
 
 
-def _cuts(fault: Fault, ctx: FaultContext, topo: PartitionTarget) -> dict[int, list[int]] | str:
-    """node -> the peers it must not reach, or why the fault cannot apply."""
-    everyone = topo.node_indices()
+def _cuts(fault: Fault, everyone: list[int], store_host: int | None) -> dict[int, list[int]] | str:
+    """node -> the peers it must not reach, or why the fault cannot apply (pure)."""
     if fault.groups:
         listed = [n for group in fault.groups for n in group]
+        missing = sorted(n for n in listed if n not in everyone)
+        if missing:
+            return f"nodes {missing} are not in the topology"
         return {
             n: sorted(m for m in listed if m not in group) for group in fault.groups for n in group
         }
@@ -46,16 +73,29 @@ def _cuts(fault: Fault, ctx: FaultContext, topo: PartitionTarget) -> dict[int, l
     if fault.node not in everyone:
         return f"node {fault.node} is not in the topology"
     if fault.from_store:
-        host = ctx.topology.store.host_node
-        if host is None or host == fault.node:
+        if store_host is None or store_host == fault.node:
             return f"node {fault.node} cannot be cut from a store it hosts (or that has no host)"
-        return {fault.node: [host]}
+        return {fault.node: [store_host]}
     return {fault.node: [n for n in everyone if n != fault.node]}
 
 
-def _iptables(netns: str, rule: list[str]) -> subprocess.CompletedProcess[str]:
+def rules_for(peer: str, mode: str) -> list[list[str]]:
+    """The rules (chain first, no -I/-D) that cut a node from `peer` in `mode`."""
+    if mode == "reject":
+        return [
+            ["INPUT", "!", "-i", "lo", *_REFUSE, "-s", peer, *_RESET],
+            ["OUTPUT", "!", "-o", "lo", *_REFUSE, "-d", peer, *_RESET],
+            ["INPUT", "!", "-p", "tcp", "-s", peer, "-j", "DROP"],
+            ["OUTPUT", "!", "-p", "tcp", "-d", peer, "-j", "DROP"],
+        ]
+    if mode == "drop":
+        return [["INPUT", "-s", peer, "-j", "DROP"], ["OUTPUT", "-d", peer, "-j", "DROP"]]
+    raise ValueError(f"unknown partition mode {mode!r} (drop or reject)")
+
+
+def _iptables(prefix: list[str], rule: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", netns, "iptables", "-w", *rule],
+        [*prefix, "iptables", "-w", *rule],
         capture_output=True,
         text=True,
         timeout=_TIMEOUT_S,
@@ -66,25 +106,25 @@ def _iptables(netns: str, rule: list[str]) -> subprocess.CompletedProcess[str]:
 def partition(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
     topo = ctx.topology
     if not isinstance(topo, PartitionTarget):
-        return {"skipped": f"the {topo.backend} topology has no network namespaces"}
-    cuts = _cuts(fault, ctx, topo)
+        return {"skipped": f"the {topo.backend} topology cannot run commands in a node's network"}
+    cuts = _cuts(fault, topo.node_indices(), ctx.topology.store.host_node)
     if isinstance(cuts, str):
         return {"skipped": cuts, "node": fault.node}
     applied: list[dict[str, Any]] = []
     for node, peers in sorted(cuts.items()):
-        netns = topo.netns_of(node)
+        prefix = topo.net_exec(node)
+        where = " ".join(prefix)
         for peer in peers:
-            addr = topo.addr_of(peer)
-            for rule in (["INPUT", "-s", addr, "-j", "DROP"], ["OUTPUT", "-d", addr, "-j", "DROP"]):
-                done = _iptables(netns, ["-I", *rule])
+            for rule in rules_for(topo.addr_of(peer), fault.mode):
+                done = _iptables(prefix, ["-I", *rule])
                 if done.returncode != 0:
                     _delete(applied)  # all or nothing
-                    raise RuntimeError(f"iptables -I {' '.join(rule)} in {netns}: {done.stderr}")
-                applied.append({"node": node, "netns": netns, "rule": rule})
+                    raise RuntimeError(f"{where} iptables -I {' '.join(rule)}: {done.stderr}")
+                applied.append({"node": node, "netns": where, "exec": prefix, "rule": rule})
     return {
         "node": fault.node,
         "groups": [list(g) for g in fault.groups],
-        "mode": "drop",
+        "mode": fault.mode,
         "cuts": {str(n): peers for n, peers in sorted(cuts.items())},
         "rules": applied,
         "duration_s": fault.duration_s,
@@ -93,8 +133,8 @@ def partition(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
 
 def _delete(rules: list[dict[str, Any]]) -> tuple[int, list[str]]:
     deleted, failed = 0, []
-    for item in rules:
-        done = _iptables(str(item["netns"]), ["-D", *item["rule"]])
+    for item in reversed(rules):
+        done = _iptables([str(part) for part in item["exec"]], ["-D", *item["rule"]])
         if done.returncode == 0:
             deleted += 1
         else:
@@ -103,7 +143,7 @@ def _delete(rules: list[dict[str, Any]]) -> tuple[int, list[str]]:
 
 
 def heal_partition(fault: Fault, ctx: FaultContext, did: dict[str, Any]) -> dict[str, Any]:
-    """Deletes exactly the rules the fire inserted."""
+    """Deletes exactly the rules the fire inserted, in the namespaces it inserted them in."""
     rules = did.get("rules")
     if not isinstance(rules, list) or not rules:
         return {"skipped": "the partition inserted no rules"}

@@ -12,14 +12,22 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from chaos.scenario.document import Fields, Invalid, Value, clip, join, suggest
-from chaos.scenario.schema import FAULT_KINDS, TRIGGER_KINDS, Fault, Topology, Trigger, Workload
+from chaos.scenario.schema import (
+    FAULT_KINDS,
+    PARTITION_MODES,
+    TRIGGER_KINDS,
+    Fault,
+    Topology,
+    Trigger,
+    Workload,
+)
 from launcher.events import KNOWN_EVENTS
 
 RANDOM = "random"  # `rank: random`, `node: random`, `local_rank: random`: drawn by the schedule
 DRAWN_ORDER = ("rank", "node", "local_rank")
 FAULT_KEYS = (
     "kind", "trigger", "node", "rank", "local_rank", "signal", "exit_code", "exception",
-    "duration_s", "groups", "from_store", "member",
+    "duration_s", "groups", "from_store", "mode", "member",
 )  # fmt: skip
 # The fields each kind takes besides `kind` and `trigger`.
 FAULT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -27,7 +35,7 @@ FAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "kill_agent": ("node", "signal"),
     "crash_node": ("node",),
     "pause_node": ("node", "duration_s"),
-    "partition": ("node", "groups", "from_store", "duration_s"),
+    "partition": ("node", "groups", "from_store", "mode", "duration_s"),
     "join_node": ("node",),
     "leave_node": ("node",),
     "kill_store_host": ("member",),
@@ -83,6 +91,7 @@ class _Targets(TypedDict, total=False):
     duration_s: float
     groups: tuple[tuple[int, ...], ...]
     from_store: bool
+    mode: str
     member: str
 
 
@@ -205,6 +214,10 @@ def _partition(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None
             f.line, join(f.path, "node"),
             "missing; partition needs node (cut one node off) or groups (split the nodes)",
         )  # fmt: skip
+    if (mode_v := f.get("mode")) is not None:
+        out["mode"] = mode_v.choice(
+            PARTITION_MODES, what="a partition mode (drop: silent, reject: refused), one of"
+        )
     if (duration_v := f.get("duration_s")) is not None:
         out["duration_s"] = _duration(duration_v, ctx)
 

@@ -69,6 +69,9 @@ def fault_to_data(fault: Fault) -> dict[str, Any]:
         elif key == "from_store":
             if value:
                 data[key] = True
+        elif key == "mode":
+            if value != "drop":  # the default
+                data[key] = value
         elif value is not None:
             data[key] = value
     data["trigger"] = trigger_to_data(fault.trigger)

@@ -21,6 +21,8 @@ FAULT_KINDS = (
     "kill_etcd_member",  # target: member index or "leader"
 )
 TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
+# How a partition cuts: "drop" packets silently, or "reject" TCP with a reset at once.
+PARTITION_MODES = ("drop", "reject")
 # Why a round formed (the launcher's `group.restart` reason, docs/event-log.md): the keys of
 # expect.restarts_by_reason. "initial" is not a restart.
 RESTART_REASONS = ("worker_failure", "scale_up", "node_lost", "node_left", "closer_lost")
@@ -73,6 +75,7 @@ class Fault:
     duration_s: float | None = None  # pause_node, partition: heal after this long
     groups: tuple[tuple[int, ...], ...] = ()  # partition: node groups cut from each other
     from_store: bool = False  # partition: cut `node` from the store only
+    mode: str = "drop"  # partition: one of PARTITION_MODES
     member: str | None = None  # kill_etcd_member: index or "leader"
     # Targets written as `random` ("rank", "node", "local_rank"); those fields stay None here
     # and the schedule draws them from the seed (PlannedFault.fault has them filled in).

@@ -11,8 +11,13 @@ GLOO_SOCKET_IFNAME=veth0 (`ip netns exec` execs, so the pid is the agent's); the
 hosted by node 0 at its namespace address. Processes are tracked exactly as in the `local`
 topology (same PID namespace, /proc walks). Everything is created in `up()` and removed by
 `stop_all()` (which the runner calls on every exit path): deleting a namespace deletes its
-veth and its iptables rules. Partitions (chaos.faults.partition) add DROP rules inside a
-node's namespace through `netns_of` / `addr_of`.
+veth and its iptables rules. Partitions (chaos.faults.partition) add iptables rules inside a
+node's namespace through `net_exec` (`ip netns exec <ns>`) and `addr_of`.
+
+Leftovers: before creating anything, `up()` claims the run's prefix in /run/chaos-netns/ and
+removes the namespaces of harnesses that died without tearing down (netns_claims.py: owner
+gone, never a live harness's); `stop_all()` releases the claim once the namespaces are gone.
+What `up()` removed is in `reaped`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import uuid
 from pathlib import Path
 
 from chaos.scenario.schema import Scenario
+from chaos.topology import netns_claims as claims
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.etcd import die_with_parent
 from chaos.topology.local import REPO_ROOT, C10dStore, LocalTopology, _Node
@@ -66,6 +72,12 @@ def list_netns(prefix: str = NETNS_PREFIX) -> list[str]:
     return sorted(name for name in names if name.startswith(prefix))
 
 
+def _delete_netns(name: str) -> bool:
+    """Deletes namespace `name`; whether it is gone (deleted now or already)."""
+    done = ip("netns", "del", name, check=False)
+    return done.returncode == 0 or name not in list_netns(name)
+
+
 def _run_tag(run_id: str) -> str:
     """6 hex chars unique to the run, for short names (interface names stop at 15 chars)."""
     tail = re.sub(r"[^0-9a-f]", "", run_id.rsplit("-", 1)[-1])
@@ -82,20 +94,27 @@ class NetnsTopology(LocalTopology):
         if missing:
             raise TopologyError(missing)
         super().__init__(scenario, run_dir=run_dir, launcher=launcher, view=view)
-        tag = _run_tag(self.run_id)
-        while list_netns(f"{NETNS_PREFIX}{tag}"):  # a clash with a live run: draw again
-            tag = uuid.uuid4().hex[:6]
+        self._name(_run_tag(self.run_id))
+        self._created: list[str] = []  # namespaces, in creation order
+        self._claimed = False
+        self.reaped: list[str] = []  # stale namespaces of dead harnesses that up() removed
+
+    def _name(self, tag: str) -> None:
+        """Names everything of the run after `tag` (6 hex chars)."""
         self.prefix = f"{NETNS_PREFIX}{tag}"  # e.g. chx3fa1c2 (9 chars)
         self.switch = f"{self.prefix}-sw"
         # Only inside our namespaces, but still spread runs over many subnets.
         self.subnet_k = 16 + int(tag, 16) % 224
         self.subnet = f"10.213.{self.subnet_k}.0/24"
         self._store = C10dStore(f"{self.addr_of(0)}:{STORE_PORT}", STORE_PORT)
-        self._created: list[str] = []  # namespaces, in creation order
 
     # -- names and addresses -----------------------------------------------------------------
     def netns_of(self, index: int) -> str:
         return f"{self.prefix}-n{index}"
+
+    def net_exec(self, index: int) -> list[str]:
+        """The prefix that runs a command inside node `index`'s namespace (PartitionTarget)."""
+        return ["ip", "netns", "exec", self.netns_of(index)]
 
     def addr_of(self, index: int) -> str:
         if not 0 <= index <= self.max_index:
@@ -115,7 +134,22 @@ class NetnsTopology(LocalTopology):
         self._created.append(name)
         ip("-n", name, "link", "set", "lo", "up")
 
+    def _claim(self) -> None:
+        """Removes dead harnesses' namespaces and claims a prefix no one holds, under the lock."""
+        owner = claims.Owner.me()
+        with claims.locked():
+            self.reaped = claims.reap_stale(list_netns(), _delete_netns, prefix=NETNS_PREFIX)
+            for _ in range(100):
+                if not list_netns(self.prefix) and claims.write_claim(
+                    self.prefix, owner, run_id=self.run_id
+                ):
+                    self._claimed = True
+                    return
+                self._name(uuid.uuid4().hex[:6])  # taken by another run: draw again
+        raise TopologyError("could not claim a free netns prefix in 100 tries")
+
     def up(self) -> None:
+        self._claim()
         try:
             self._add_netns(self.switch)
             ip("-n", self.switch, "link", "add", BRIDGE, "type", "bridge")
@@ -136,12 +170,11 @@ class NetnsTopology(LocalTopology):
     def remove_namespaces(self) -> list[str]:
         """Deletes every namespace this run created (their veths and rules go with them);
         returns the ones that could not be deleted."""
-        failed: list[str] = []
-        for name in reversed(self._created):
-            done = ip("netns", "del", name, check=False)
-            if done.returncode != 0 and name in list_netns(name):
-                failed.append(name)
+        failed = [name for name in reversed(self._created) if not _delete_netns(name)]
         self._created = failed
+        if not failed and self._claimed:  # a claim with namespaces left stays for the reaper
+            claims.release(self.prefix)
+            self._claimed = False
         return failed
 
     def stop_all(self) -> dict[int, int | None]:
@@ -176,7 +209,7 @@ class NetnsTopology(LocalTopology):
         self.view.watch_node(index)
         argv = self.agent_argv(index)
         # `ip netns exec` and setpriv both exec: the pid is the agent's.
-        full = ["ip", "netns", "exec", self.netns_of(index), *die_with_parent(argv)]
+        full = [*self.net_exec(index), *die_with_parent(argv)]
         with (
             (node_dir / "stdout.log").open("ab") as out,
             (node_dir / "stderr.log").open("ab") as err,

@@ -102,6 +102,19 @@ def test_values_read_as_written() -> None:
     assert load(dump_scenario(tricky)) == tricky  # strings that YAML would re-type survive
 
 
+def test_partition_mode_defaults_to_drop_and_round_trips() -> None:
+    head = "name: p\ntopology: {backend: netns, nodes: 3}\nfaults:\n"
+    s = load(
+        head + "- {kind: partition, node: 1, trigger: {at_s: 1}}\n"
+        "- {kind: partition, groups: [[0, 1], [2]], mode: reject, trigger: {at_s: 2}}\n"
+    )
+    assert [f.mode for f in s.faults] == ["drop", "reject"]
+    assert load(dump_scenario(s)) == s
+    assert "mode" not in dump_scenario(s).split("groups")[0]  # the default is not written
+    err = error(head + "- {kind: crash_node, node: 1, mode: drop, trigger: {at_s: 1}} #<")
+    assert err.field == "faults[0].mode" and "crash_node takes no mode" in err.detail
+
+
 def test_random_targets_and_merge_keys() -> None:
     s = load(
         "name: r\ntopology: {nodes: 3, spares: 1, nproc_per_node: 2}\nfaults:\n"
@@ -275,6 +288,10 @@ RULES_WITH_TOPOLOGY = [  # rows checked against a netns / etcd topology
      "faults[0].groups", "not both"),
     ("netns", "- {kind: partition, groups: [[0], [1]], from_store: true, trigger: {at_s: 1}} #<",
      "faults[0].from_store", "give node, not groups"),
+    ("netns", "- {kind: partition, node: 1, mode: refuse, trigger: {at_s: 1}} #<",
+     "faults[0].mode", "one of drop, reject, got 'refuse'"),
+    ("netns", "- {kind: partition, node: 1, mode: [drop], trigger: {at_s: 1}} #<",
+     "faults[0].mode", "a partition mode"),
     ("etcd", "- {kind: kill_etcd_member, member: 3, trigger: {at_s: 1}} #<", "faults[0].member",
      "between 0 and 2, or 'leader'"),
     ("etcd", "- {kind: kill_etcd_member, trigger: {at_s: 1}} #<", "faults[0].member", "missing"),
