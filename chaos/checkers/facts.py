@@ -144,6 +144,29 @@ def stopped_nodes(history: History, scenario: Scenario) -> set[int]:
     }
 
 
+def cut_off_nodes(history: History, scenario: Scenario) -> set[int]:
+    """Nodes a partition cut off from the job's majority: the `node` of a node or from_store
+    partition; with groups, every node outside the group that keeps the c10d store host
+    (node 0), or outside the largest group when the store is an etcd cluster."""
+    cut: set[int] = set()
+    for fire in fault_fires(history, scenario):
+        if fire.kind != "partition" or fire.skipped is not None:
+            continue
+        planned = scenario.faults[fire.index] if fire.index is not None else None
+        if planned is None:
+            continue
+        if not planned.groups:
+            if planned.node is not None:
+                cut.add(planned.node)
+            continue
+        if scenario.topology.rdzv_backend == "c10d":
+            kept = next((g for g in planned.groups if 0 in g), max(planned.groups, key=len))
+        else:
+            kept = max(planned.groups, key=len)
+        cut |= {n for group in planned.groups if group is not kept for n in group}
+    return cut
+
+
 def started_nodes(history: History, scenario: Scenario) -> list[int]:
     """The initial nodes plus every node the harness started (spares that joined)."""
     nodes = set(range(scenario.topology.nodes))

@@ -1,7 +1,10 @@
 """outcome: did the job end the way the scenario expects?
 
 Succeeded = every started agent that no fault stopped on purpose (kill_agent, crash_node,
-leave_node, kill_store_host) exited 0, and the workload reported its final step. Otherwise
+leave_node, kill_store_host) exited 0, and the workload reported its final step. A node a
+partition cut off from the majority may instead give up (its agent exits with outcome
+"error", e.g. store unreachable; without an event log, any non-zero exit): a cut-off node
+cannot finish the job, and the majority finishing is what counts. Otherwise
 failed, with the reasons the history shows (budget_spent, worker_failure, signaled,
 store_lost, agent_error, timed_out, final_step_not_reached, nonzero_exit).
 """
@@ -25,6 +28,7 @@ class OutcomeChecker:
         stopped = facts.stopped_nodes(history, scenario)
         judged = [n for n in facts.started_nodes(history, scenario) if n not in stopped]
         with_log = facts.no_event_log_reason(history, scenario) is None
+        cut_off = facts.cut_off_nodes(history, scenario)
         evidence: list[str] = []
         reasons: list[str] = []
         bad_nodes = []
@@ -38,6 +42,12 @@ class OutcomeChecker:
             exits = [e for e in history.events.get(node, ()) if e.name == ev.AGENT_EXIT]
             said = f", agent.exit outcome {exits[-1].fields.get('outcome')}" if exits else ""
             said += " (killed by the harness at the end of the run)" if node in killed else ""
+            gave_up = node in cut_off and code not in (0, None) and node not in killed
+            if gave_up and (not with_log or (exits and exits[-1].fields.get("outcome") == "error")):
+                evidence.append(
+                    f"node {node}: exit code {code}{said}: gave up while cut off (accepted)"
+                )
+                continue
             evidence.append(f"node {node}: exit code {code}{said}")
             if code != 0:
                 bad_nodes.append(node)

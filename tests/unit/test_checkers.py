@@ -106,6 +106,35 @@ def test_outcome_ignores_a_node_a_fault_killed(kill: RunBuilder) -> None:
     assert v.status == PASS and "not judged" in " ".join(v.evidence)
 
 
+def _partition_scenario(**fault: Any) -> Scenario:
+    scenario = kill_worker_scenario()
+    cut = Fault(kind="partition", trigger=Trigger(kind="at_s", at_s=5.0), **fault)
+    return replace(scenario, faults=(*scenario.faults, cut))
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "status"),
+    [
+        ({"node": 1}, "error", PASS),  # cut off, gave up: the majority's finish counts
+        ({"node": 1, "from_store": True}, "error", PASS),
+        ({"groups": ((0,), (1,))}, "error", PASS),  # node 1 is outside the store host's group
+        ({"groups": ((1,), (0,))}, "error", PASS),
+        ({"node": 0}, "error", FAIL),  # node 1 was not the one cut off
+        ({"node": 1}, "failed", FAIL),  # a worker failure is not "gave up while cut off"
+    ],
+)
+def test_outcome_accepts_a_cut_off_node_that_gave_up(
+    kill: RunBuilder, fault: dict[str, Any], outcome: str, status: str
+) -> None:
+    kill.record("fault.fire", 5.0, fault=1, fault_kind="partition", did={"node": fault.get("node")})
+    kill.edit_record("node.exit", {"node": 1}, exit_code=1)
+    kill.edit(1, ev.AGENT_EXIT, {}, outcome=outcome, exit_code=1)
+    v = judge(kill, _partition_scenario(**fault), OutcomeChecker())
+    assert v.status == status, v
+    if status == PASS:
+        assert "gave up while cut off" in " ".join(v.evidence)
+
+
 def test_a_node_the_harness_killed_at_the_timeout_means_timed_out(kill: RunBuilder) -> None:
     kill.edit_record("node.exit", {"node": 1}, exit_code=-9, killed_by_harness=True)
     kill.drop(1, ev.AGENT_EXIT, {})
