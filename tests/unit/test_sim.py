@@ -14,7 +14,7 @@ from chaos.sim.engine import Simulation
 from chaos.sim.sweep import scaled, scaling_svg, sweep
 from launcher.rendezvous.state import Assignment, NodeInfo
 
-KNOWN = frozenset({"dead_member", "short_round", "orphaned_round"})
+KNOWN = frozenset({"short_round", "orphaned_round"})
 
 
 def cfg(nodes: int = 4, faults: str = "", **kw: object) -> SimConfig:
