@@ -3,6 +3,7 @@ clock, running the launcher's own protocol generators (launcher.rendezvous.state
 
     main thread:  join -> running: every monitor interval check the round
                   -> a change (or our worker failed) -> stop workers -> re-join
+                  (join says Excluded: declared dead meanwhile -> a new id, re-join)
     beat thread:  every keep-alive interval `heartbeat` (beat, am I dead?, watch my
                   successor); what it learns reaches the main thread at its next check
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from launcher.rendezvous.state import (
     FAILED,
     Assignment,
+    Excluded,
     JobOver,
     NodeInfo,
     Op,
@@ -137,6 +139,13 @@ class VirtualAgent:
                 if isinstance(result, JobOver):
                     self.exit("spare_done")
                     return
+                if isinstance(result, Excluded):
+                    # dynamic.next_round: declared dead while the round formed, the closer
+                    # left this identity out; join again as a new one.
+                    self.sim.on_declared_dead(self)
+                    self.node_id = self._new_id()
+                    self.assignment = None
+                    continue
                 self.assignment = result
                 self.watch = WatchState(
                     round=result.round,
@@ -209,5 +218,7 @@ class VirtualAgent:
             except StoreFailure:
                 failures += 1
                 news = "store_unreachable" if failures >= MAX_STORE_FAILURES else None
+            if news == "declared_dead" and me != self.node_id:
+                news = None  # the main thread already left that identity behind
             if news is not None:
                 self.news = news

@@ -14,6 +14,7 @@ Safety codes (a violation raises SafetyViolation unless its code is in SimConfig
                       whose descriptor never came was dropped)
     round_regressed   the round key moved backwards, or an agent got an older round
     dead_member       a node id declared dead before a round closed is a member of it
+    bad_exclusion     the closer left out of a round a node id never declared dead
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class RoundRecord:
     node_ops0: list[int]
     node_bytes0: list[int]
     closed_at: float | None = None
-    size: int = 0
+    size: int = 0  # members the close decided on: its slots less those left out
+    slots: int = 0
+    excluded: tuple[str, ...] = ()
     closer: str = ""
     gws: int = 0
     ref: tuple[Any, ...] | None = None
@@ -132,7 +135,17 @@ class Checker:
             self.on_round_key(-1, rnd, f"{rnd}:?")
             record = self.rounds[rnd]
         raw = json.loads(decision)
-        record.closed_at, record.size, record.closer = self.sim.now, int(raw["size"]), raw["closer"]
+        if "members" in raw and record.closed_at is not None:
+            # The closer's update: fewer slots became members. Only nodes declared dead
+            # may be left out (a missing descriptor is still a short_round).
+            record.excluded = tuple(raw.get("excluded", ()))
+            record.size = record.slots - len(record.excluded)
+            for node_id in record.excluded:
+                if node_id not in self.dead_at:
+                    self.fail("bad_exclusion", f"round {rnd} left out {node_id}, not dead")
+            return
+        record.closed_at, record.closer = self.sim.now, raw["closer"]
+        record.size = record.slots = int(raw["size"])
         if not self.cfg.min_nodes <= record.size <= self.cfg.max_nodes:
             self.fail("world_size", f"round {rnd} closed with {record.size} nodes")
 

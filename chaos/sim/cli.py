@@ -28,7 +28,7 @@ faults (comma separated, times in virtual seconds):
   spike:10@10+2  drop:0.05@10+2  delay:0.5@10+2  restart@10+2  restart:wipe@10+2
   node sets: 3, 0-4, 1/5/9, ~3 (3 drawn from the seed), ~1% (1% of the nodes)
 safety codes for --allow: duplicate_rank two_ranks disagreement bad_ranks world_size
-  round_regressed dead_member; liveness gaps: orphaned_round stranded_joiner
+  round_regressed dead_member bad_exclusion; liveness gaps: orphaned_round stranded_joiner
 """
 
 

@@ -199,7 +199,7 @@ def _known_gap(sim: Simulation) -> str:
         raw = sim.store.data.get(keys.node(rnd, slot))
         if raw is not None:
             slots[NodeInfo.from_json(raw).node_id] = slot
-    limit = record.size if closed else sim.cfg.max_nodes
+    limit = record.slots if closed else sim.cfg.max_nodes
     spares = [
         a
         for a in live

@@ -3,7 +3,8 @@ the moment a request reaches it, with every operation counted per node (ops and 
 
 Bytes are what crosses the wire, roughly: keys, values and the reply's text. The store
 tells its observer about the writes the safety checker needs (the round key moving, a
-round's close decision, a node declared dead); nothing else pays for that hook.
+round's close decision and the closer's update of it, a node declared dead); nothing else
+pays for that hook.
 """
 
 from __future__ import annotations
@@ -88,9 +89,8 @@ class SimStore:
             self.data[op.key] = op.value
             if op.key == self._round_key:
                 self.observer.on_round_key(round_of(held), round_of(op.value), op.value)
-            elif op.key.endswith("/close") and op.key.startswith(self._round_prefix):
-                rnd = int(op.key[len(self._round_prefix) :].split("/", 1)[0])
-                self.observer.on_close(rnd, op.value)
+            elif self._is_close(op.key):
+                self.observer.on_close(self._round_in(op.key), op.value)
             held = op.value
         reply = held if held is not None else ""
         size = len(op.key) + len(op.expected or "") + len(op.value) + len(reply)
@@ -104,4 +104,13 @@ class SimStore:
 
     def _multi_set(self, op: MultiSet) -> tuple[None, int]:
         self.data.update(op.items)
+        for key, value in op.items:
+            if self._is_close(key):  # the closer's update after leaving a node out
+                self.observer.on_close(self._round_in(key), value)
         return None, sum(len(k) + len(v) for k, v in op.items)
+
+    def _is_close(self, key: str) -> bool:
+        return key.endswith("/close") and key.startswith(self._round_prefix)
+
+    def _round_in(self, key: str) -> int:
+        return int(key[len(self._round_prefix) :].split("/", 1)[0])

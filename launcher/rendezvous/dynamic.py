@@ -26,6 +26,7 @@ from launcher.rendezvous.local import bind_listener
 from launcher.rendezvous.state import (
     FAILED,
     Assignment,
+    Excluded,
     JobOver,
     NodeInfo,
     Params,
@@ -138,18 +139,29 @@ class DynamicRendezvous:
             self.node_id = self._new_id()
             self.assignment = None
         listener = bind_listener(self.addr, 0, flag="--local-addr")
-        prev = self.assignment
-        info = NodeInfo(
-            node_id=self.node_id,
-            addr=self.addr,
-            master_port=int(listener.getsockname()[1]),
-            nproc=self._config.nproc_per_node,
-            prev_round=prev.round if prev else -1,
-            prev_group_rank=prev.group_rank if prev else -1,
-            node_rank=self._config.node_rank,
-        )
         try:
-            result = self._driver.run(join(self.params, info, now=self._driver.now()))
+            while True:
+                prev = self.assignment
+                info = NodeInfo(
+                    node_id=self.node_id,
+                    addr=self.addr,
+                    master_port=int(listener.getsockname()[1]),
+                    nproc=self._config.nproc_per_node,
+                    prev_round=prev.round if prev else -1,
+                    prev_group_rank=prev.group_rank if prev else -1,
+                    node_rank=self._config.node_rank,
+                )
+                result = self._driver.run(join(self.params, info, now=self._driver.now()))
+                if not isinstance(result, Excluded):
+                    break
+                # Declared dead while the round formed (e.g. cut off from the store for
+                # longer than the heartbeat timeout): the closer left this identity out.
+                log.warning(
+                    "declared dead while round %d formed; joining again as a new node",
+                    result.round,
+                )
+                self.node_id = self._new_id()
+                self.assignment = None
         except RendezvousTimeout as err:
             listener.close()
             raise RendezvousTimeoutError(
@@ -290,6 +302,8 @@ class DynamicRendezvous:
                 news = "store_unreachable" if failures >= _MAX_STORE_FAILURES else None
             if news is not None:
                 with self._lock:
+                    if news == "declared_dead" and self.node_id != me:
+                        continue  # next_round already left that identity behind
                     self._news = news
                 with contextlib.suppress(BlockingIOError):  # already has a wakeup pending
                     os.write(self._wake_w, b"!")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from launcher.rendezvous.state import (
     Assignment,
+    Excluded,
     JobOver,
     NodeInfo,
     Params,
@@ -233,3 +236,52 @@ def test_declared_dead_node_learns_it(seed: int) -> None:
     task = sim.spawn("hb", heartbeat(p, "n1", None, now=0.0))
     sim.run()
     assert task.result == "declared_dead"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_closer_leaves_out_a_candidate_declared_dead_while_the_round_formed(seed: int) -> None:
+    p = params(min_nodes=2, max_nodes=3)
+    sim = Sim(seed=seed)
+    # n1 took part in forming the round, but its watcher gave it up before the close.
+    sim.store.set("rdzv/job/dead/n1", "lost")
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
+    sim.run()
+    assert tasks[1].result == Excluded(round=0)
+    members = [tasks[0].result, tasks[2].result]
+    check_round(members)
+    assert all("n1" not in a.members and a.watch != "n1" for a in members)
+    assert members[0].world_size == 4  # two nodes of two workers
+    close = json.loads(sim.store.get("rdzv/job/r0/close") or "")
+    assert (close["size"], close["members"], close["excluded"]) == (3, 2, ["n1"])
+    # The excluded node comes back under a new id: the round has room, so a scale-up.
+    again = sim.spawn(
+        "n1b",
+        join(p, NodeInfo(node_id="n1b", addr="10.0.0.1", master_port=1, nproc=2), now=sim.now),
+    )
+    sim.run(until=sim.now + 0.5)
+    rejoin = [
+        sim.spawn(f"re-n{i}", join(p, node(i, prev=tasks[i].result), now=sim.now)) for i in (0, 2)
+    ]
+    sim.run()
+    results = [again.result] + [t.result for t in rejoin]
+    check_round(results)
+    assert results[0].reason == "scale_up" and results[0].round == 1
+
+
+def test_closer_restarts_a_round_left_below_min_by_a_dead_candidate() -> None:
+    p = params(min_nodes=3, max_nodes=3)
+    sim = Sim(seed=1)
+    sim.store.set("rdzv/job/dead/n1", "lost")
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
+    sim.run(until=2.0)
+    assert tasks[1].result == Excluded(round=0)
+    assert not tasks[0].done and not tasks[2].done  # waiting in round 1 for a third node
+    bump = json.loads(sim.store.get("rdzv/job/r1/bump") or "")
+    assert bump["reason"] == "node_lost" and bump["detail"] == "n1"
+    again = sim.spawn(
+        "n1b",
+        join(p, NodeInfo(node_id="n1b", addr="10.0.0.1", master_port=1, nproc=2), now=sim.now),
+    )
+    sim.run()
+    check_round([tasks[0].result, again.result, tasks[2].result])
+    assert again.result.round == 1 and again.result.group_world_size == 3

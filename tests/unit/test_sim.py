@@ -14,7 +14,7 @@ from chaos.sim.engine import Simulation
 from chaos.sim.sweep import scaled, scaling_svg, sweep
 from launcher.rendezvous.state import Assignment, NodeInfo
 
-KNOWN = frozenset({"dead_member", "short_round", "orphaned_round"})
+KNOWN = frozenset({"short_round", "orphaned_round"})
 
 
 def cfg(nodes: int = 4, faults: str = "", **kw: object) -> SimConfig:
@@ -149,6 +149,18 @@ def test_checker_catches_a_dead_member() -> None:
     node = NodeInfo(node_id="n1-1", addr="10.0.0.1", master_port=1, nproc=1)
     with pytest.raises(SafetyViolation, match="dead_member"):
         sim.checker.on_assignment(sim.agents[1], node, _assignment(0, 1))
+
+
+def test_checker_hears_exclusions_and_catches_a_live_one_left_out() -> None:
+    sim = Simulation(cfg(3))
+    sim.checker.on_round_key(-1, 0, "0:n0-1")
+    sim.checker.on_dead("n1-1", "lost")
+    sim.checker.on_close(0, '{"size": 3, "closer": "n0-1"}')
+    sim.checker.on_close(0, '{"size": 3, "closer": "n0-1", "members": 2, "excluded": ["n1-1"]}')
+    record = sim.checker.rounds[0]
+    assert (record.slots, record.size, record.excluded) == (3, 2, ("n1-1",))
+    with pytest.raises(SafetyViolation, match="bad_exclusion"):
+        sim.checker.on_close(0, '{"size": 3, "closer": "n0-1", "members": 2, "excluded": ["n2-1"]}')
 
 
 def test_ops_per_node_per_round_stay_flat_with_n() -> None:

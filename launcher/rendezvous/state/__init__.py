@@ -5,11 +5,13 @@ agent (launcher.rendezvous.dynamic) and the simulator (chaos.sim) drive these ge
 """
 
 from launcher.rendezvous.state.model import (
+    EXCLUDED,
     FAILED,
     OK,
     Add,
     Assignment,
     CompareSet,
+    Excluded,
     Feedback,
     Get,
     JobOver,
@@ -38,11 +40,13 @@ from launcher.rendezvous.state.running import (
 )
 
 __all__ = [
+    "EXCLUDED",
     "FAILED",
     "OK",
     "Add",
     "Assignment",
     "CompareSet",
+    "Excluded",
     "Feedback",
     "Get",
     "JobOver",

@@ -12,8 +12,11 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
     r<r>/node/<slot>    the joiner's NodeInfo
     r<r>/expected       counter: how many nodes the bumper expects back (a hint)
     r<r>/bump           why round r exists (reason, by whom)
-    r<r>/close          the closing decision {size, closer}; CAS from absent, so exactly one
-    r<r>/assign/<slot>  the member's Assignment, written by the closer (O(N) once a round)
+    r<r>/close          the closing decision {size, closer}; CAS from absent, so exactly one.
+                        `size` counts slots; if fewer of them became members (a joiner
+                        declared dead meanwhile) the closer adds {members, excluded}
+    r<r>/assign/<slot>  the member's Assignment, written by the closer (O(N) once a round),
+                        or EXCLUDED: this slot's node was declared dead before the close
     r<r>/succeeded      counter: members whose workers all exited 0
     r<r>/alive          counter: bumped by every member's heartbeat (spares watch it)
     last                the last completed round {round, size, restart_count}
@@ -163,6 +166,19 @@ class Assignment:
         raw = json.loads(text)
         raw["members"] = tuple(raw.get("members", ()))
         return cls(**raw)
+
+
+# The value of r<r>/assign/<slot> for a joiner the closer left out: it was declared dead
+# (dead/<node>) before the round closed. It must rejoin under a new identity.
+EXCLUDED = "excluded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Excluded:
+    """This incarnation was declared dead while the round formed, so the closer left it
+    out: take a new node id (a dead identity never joins again) and join again."""
+
+    round: int
 
 
 @dataclass(frozen=True, kw_only=True)

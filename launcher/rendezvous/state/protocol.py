@@ -6,12 +6,14 @@ import json
 from collections.abc import Generator
 
 from launcher.rendezvous.state.model import (
+    EXCLUDED,
     FAILED,
     MEMBERS_LISTED_UP_TO,
     OK,
     Add,
     Assignment,
     CompareSet,
+    Excluded,
     Feedback,
     Get,
     JobOver,
@@ -44,11 +46,15 @@ _SPARE_POLL_FACTOR = 10
 _HOST_GRACE_S = 10.0
 
 
-def join(p: Params, me: NodeInfo, *, now: float) -> Generator[Op, Feedback, Assignment | JobOver]:
+def join(
+    p: Params, me: NodeInfo, *, now: float
+) -> Generator[Op, Feedback, Assignment | JobOver | Excluded]:
     """Joins the next round that can take this node and returns its assignment.
 
     Spares (the round is full) wait until a round has room; if the job ends first, the
-    result is JobOver. Raises RendezvousTimeout if no round forms within join_timeout_s.
+    result is JobOver. Excluded: this identity was declared dead while the round formed
+    and the closer left it out; the caller must join again under a new node id.
+    Raises RendezvousTimeout if no round forms within join_timeout_s.
     """
     k = Keys(p.run_id)
     deadline = now + p.join_timeout_s
@@ -62,12 +68,12 @@ def join(p: Params, me: NodeInfo, *, now: float) -> Generator[Op, Feedback, Assi
             return JobOver(outcome=str(done))
         closed, now = yield Get(k.r(rnd, "close"))
         if closed is not None:
-            size = int(json.loads(closed)["size"])
+            size = members_of(closed)
             if not p.static and size < p.max_nodes:
                 # A running job with room for us: ask every member to re-form with us.
                 yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=size + 1)
                 continue
-            over = yield from wait_for_change(p, rnd)
+            over = yield from wait_for_change(p, rnd, by=me.node_id)
             if over is not None:
                 return over
             deadline = now + p.join_timeout_s  # a spare's wait does not count
@@ -79,14 +85,14 @@ def join(p: Params, me: NodeInfo, *, now: float) -> Generator[Op, Feedback, Assi
 
 def _join_round(
     p: Params, me: NodeInfo, rnd: int, deadline: float
-) -> Generator[Op, Feedback, Assignment | JobOver | None]:
+) -> Generator[Op, Feedback, Assignment | JobOver | Excluded | None]:
     """Takes a slot in round `rnd`; None means: start over (the round moved on, or full)."""
     k = Keys(p.run_id)
     seq, now = yield Add(k.r(rnd, "seq"), 1)
     slot = int(seq) - 1
     yield Set(k.node(rnd, slot), me.to_json())
     if slot >= p.max_nodes:
-        return (yield from wait_for_change(p, rnd))
+        return (yield from wait_for_change(p, rnd, by=me.node_id))
     min_seen_at: float | None = None
     while True:
         closed, now = yield Get(k.r(rnd, "close"))
@@ -104,7 +110,7 @@ def _join_round(
             decision = json.dumps({"size": size, "closer": me.node_id})
             closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
             if closed == decision:
-                yield from _close_round(p, rnd, size)
+                yield from _close_round(p, rnd, decision)
             break
         if now >= deadline:
             raise RendezvousTimeout(
@@ -118,15 +124,18 @@ def _join_round(
     if slot >= size:
         # Took a slot just after the round closed. With room left, ask for a new round at
         # once (as a newcomer to a running job would) instead of idling as a spare.
-        if not p.static and size < p.max_nodes:
+        members = members_of(closed)
+        if not p.static and members < p.max_nodes:
             cur, now = yield Get(k.round)
             if round_of(cur) == rnd:
-                yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=size + 1)
+                yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=members + 1)
             return None
-        return (yield from wait_for_change(p, rnd))
+        return (yield from wait_for_change(p, rnd, by=me.node_id))
     give_up = now + p.assign_timeout_s
     while True:
         raw, now = yield Get(k.assign(rnd, slot))
+        if raw == EXCLUDED:
+            return Excluded(round=rnd)  # declared dead before the round closed
         if raw is not None:
             return Assignment.from_json(raw)
         cur, now = yield Get(k.round)
@@ -156,9 +165,16 @@ def decide_size(
     return 0
 
 
-def _close_round(p: Params, rnd: int, size: int) -> Generator[Op, Feedback, None]:
+def members_of(closed: str) -> int:
+    """How many members a closed round has: its slots, less any the closer left out."""
+    decision = json.loads(closed)
+    return int(decision.get("members", decision["size"]))
+
+
+def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, None]:
     """The closer's O(N) work, once per round: order members, assign ranks, publish."""
     k = Keys(p.run_id)
+    size = int(json.loads(decision)["size"])
     keys = tuple(k.node(rnd, slot) for slot in range(size))
     raws, now = yield MultiGet(keys)
     give_up = now + p.assign_timeout_s
@@ -166,14 +182,35 @@ def _close_round(p: Params, rnd: int, size: int) -> Generator[Op, Feedback, None
     while any(raw is None for raw in raws) and now < give_up:
         yield Sleep(p.poll_interval_s)
         raws, now = yield MultiGet(keys)
-    nodes = [(slot, NodeInfo.from_json(raw)) for slot, raw in enumerate(raws) if raw is not None]
-    if len(nodes) < p.min_nodes:
-        # Joiners died between taking a slot and describing themselves: this round cannot
-        # form. Start a new one rather than run below MIN.
+    described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
+    # A joiner declared dead (its heartbeat stopped, or it left) while the round formed
+    # must not be in it. These reads come after the close, so every declaration made
+    # before the close is seen; one declared later is found by its heartbeat as usual.
+    marks: tuple[str | None, ...] = ()
+    if described:
+        marks, now = yield MultiGet(tuple(k.dead(n.node_id) for _, n in described))
+    nodes = [item for item, mark in zip(described, marks, strict=True) if mark is None]
+    excluded = [item for item, mark in zip(described, marks, strict=True) if mark is not None]
+    # Each excluded node reads this instead of an assignment and rejoins as a new one.
+    items = [(k.assign(rnd, slot), EXCLUDED) for slot, _ in excluded]
+    if len(nodes) < p.min_nodes or (p.static and excluded):
+        # Joiners died between taking a slot and describing themselves, or were declared
+        # dead: this round cannot form (static: every --node-rank has its place). Start a
+        # new one rather than run below MIN.
+        if items:
+            yield MultiSet(tuple(items))
         cur, now = yield Get(k.round)
         if round_of(cur) == rnd:
-            yield from bump(p, cur, reason=CLOSER_LOST, by="closer", expected=len(nodes))
+            reason = NODE_LOST if excluded else CLOSER_LOST
+            detail = ",".join(n.node_id for _, n in excluded)
+            yield from bump(p, cur, reason=reason, by="closer", expected=len(nodes), detail=detail)
         return
+    if len(nodes) < size:
+        # Newcomers must see the room left (they compare the member count with MAX). First
+        # in the batch, so whoever sees an assignment or an exclusion sees this too.
+        update = dict(json.loads(decision))
+        update.update(members=len(nodes), excluded=[n.node_id for _, n in excluded])
+        items.insert(0, (k.r(rnd, "close"), json.dumps(update, sort_keys=True)))
     last_raw, now = yield Get(k.last)
     last = json.loads(last_raw) if last_raw is not None else None
     bump_raw, now = yield Get(k.r(rnd, "bump"))
@@ -188,7 +225,6 @@ def _close_round(p: Params, rnd: int, size: int) -> Generator[Op, Feedback, None
     world = sum(n.nproc for _, n in ordered)
     master = ordered[0][1]
     members = tuple(n.node_id for _, n in ordered) if len(ordered) <= MEMBERS_LISTED_UP_TO else ()
-    items: list[tuple[str, str]] = []
     base = 0
     for group_rank, (slot, node) in enumerate(ordered):
         successor = ordered[(group_rank + 1) % len(ordered)][1].node_id
@@ -233,12 +269,13 @@ def order_members(
     return sorted(nodes, key=key)
 
 
-def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | None]:
+def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, JobOver | None]:
     """Waits until the round moves past `rnd` (None) or the job ends (JobOver).
 
     A waiting spare also watches the round's `alive` counter (every member's heartbeat
     bumps it): if every member died, nobody is left to notice, so the spare moves the job
-    to a new round itself.
+    to a new round itself. It also asks for a scale-up if the round closed with room left
+    (the closer left out a node declared dead after this spare saw the round full).
     """
     k = Keys(p.run_id)
     # Counted so that a store host waits for waiting spares to see the end of the job
@@ -265,6 +302,11 @@ def wait_for_change(p: Params, rnd: int) -> Generator[Op, Feedback, JobOver | No
                 yield from bump(p, cur, reason=CLOSER_LOST, by="spare", expected=0)
                 return None
             continue
+        members = members_of(closed)
+        if not p.static and members < p.max_nodes:
+            yield Add(k.spares, -1)
+            yield from bump(p, cur, reason=SCALE_UP, by=by, expected=members + 1)
+            return None
         value, now = yield Add(k.r(rnd, "alive"), 0)
         if value != alive_value:
             alive_value, alive_since = value, now
