@@ -3,8 +3,10 @@
 Ranks move between processes (and nodes) at every re-formation, so a kill_worker names a
 rank and this module finds its process at the moment of the fault: the `worker.started`
 events of the current round (the highest round any node has logged) across every node's
-event log; without event logs (torchrun) the newest step report of that rank. A candidate
-only counts if the topology still knows it as a live process of that node.
+event log; without event logs (torchrun) the live process of the job whose environment
+holds that RANK (so a fault can fire before any step is reported), and failing that the
+newest step report of that rank. A candidate only counts if the topology still knows it as
+a live process of that node.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.topology import procs
 from chaos.topology.base import Topology
 from launcher.events import WORKER_STARTED
 
@@ -24,7 +27,7 @@ class WorkerTarget:
     pid: int  # as the node sees it (what event logs, error files and reports name)
     host_pid: int  # as the harness signals it (differs inside a container)
     round: int | None  # None when resolved from step reports
-    source: str  # "events" or "steps"
+    source: str  # "events", "environ" or "steps"
 
     def as_did(self) -> dict[str, Any]:
         return {
@@ -42,6 +45,51 @@ def _matches(rank: int | None, node: int | None, local_rank: int | None, fields:
     if rank is not None:
         return bool(fields.get("rank") == rank and (node is None or fields.get("node") == node))
     return bool(fields.get("node") == node and fields.get("local_rank") == (local_rank or 0))
+
+
+def _worker_env(pid: int) -> tuple[int, int, int] | None:
+    """(RANK, LOCAL_RANK, TORCHELASTIC_RESTART_COUNT) a launcher gave that process, if any."""
+    env = procs.environ(pid)
+    try:
+        return (
+            int(env["RANK"]),
+            int(env["LOCAL_RANK"]),
+            int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _from_environ(
+    topology: Topology, *, rank: int | None, node: int | None, local_rank: int | None
+) -> WorkerTarget | None:
+    """Without event logs: the live process of the job whose environment says it holds the
+    rank (what any torchrun-compatible launcher must set). Its children inherit RANK too, so
+    a process whose parent is also a candidate is not the worker; of several generations
+    (one being stopped, one starting) the newest restart count, then the newest process."""
+    found: dict[int, tuple[int, int, int, int]] = {}  # host pid -> (node, rank, local, restart)
+    for n in sorted(topology.nodes()):
+        for pid in topology.node_pids(n):
+            said = _worker_env(pid)
+            if said is None:
+                continue
+            fields = {"rank": said[0], "local_rank": said[1], "node": n}
+            if _matches(rank, node, local_rank, fields):
+                found[pid] = (n, *said)
+    workers = [pid for pid in found if procs.parent(pid) not in found]
+    if not workers:
+        return None
+    host = max(workers, key=lambda pid: (found[pid][3], procs.proc_start(pid) or 0))
+    n, got_rank, got_local, _ = found[host]
+    return WorkerTarget(
+        rank=got_rank,
+        local_rank=got_local,
+        node=n,
+        pid=procs.ns_pid(host) or host,
+        host_pid=host,
+        round=None,
+        source="environ",
+    )
 
 
 def resolve_worker(
@@ -77,9 +125,12 @@ def resolve_worker(
             round=current,
             source="events",
         )
+    by_env = _from_environ(topology, rank=rank, node=node, local_rank=local_rank)
+    if by_env is not None:
+        return by_env
     rows = [r for r in topology.view.steps if _matches(rank, node, local_rank, r)]
     if not rows:
-        return f"no event log and no step report of {want} yet"
+        return f"no live worker of the job has {want} in its environment, and no step report"
     row = rows[-1]
     reporter, owner = row.get("pid"), row.get("node")
     if not isinstance(reporter, int) or not isinstance(owner, int):

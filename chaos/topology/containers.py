@@ -96,18 +96,6 @@ def remove_stale(client: Any) -> list[str]:
     return removed
 
 
-def ns_pid(host_pid: int) -> int | None:
-    """The pid that process has in its own (innermost) PID namespace."""
-    try:
-        status = Path(f"/proc/{host_pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            return int(line.split()[-1])
-    return None
-
-
 @dataclass
 class _Container:
     id: str
@@ -312,7 +300,7 @@ class DockerTopology(LocalTopology):
 
     def host_pid(self, index: int, node_pid: int) -> int | None:
         for pid in self.node_pids(index):
-            if ns_pid(pid) == node_pid:
+            if procs.ns_pid(pid) == node_pid:
                 return pid
         return None
 

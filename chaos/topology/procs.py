@@ -48,6 +48,33 @@ def identify(pid: int) -> ProcId | None:
     return None if start is None else ProcId(pid=pid, start=start)
 
 
+def parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment a process started with ({} when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def ns_pid(pid: int) -> int | None:
+    """The pid that process has in its own (innermost) PID namespace (a container's)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (every thread's list: a child belongs to the thread that forked)."""
     found: list[int] = []

@@ -18,7 +18,7 @@ from chaos.scenario.loader import load_scenario_text
 from chaos.scenario.schema import Scenario
 from chaos.topology import procs
 from chaos.topology.base import TopologyError
-from chaos.topology.containers import DockerTopology, have_docker, ns_pid, remove_stale
+from chaos.topology.containers import DockerTopology, have_docker, remove_stale
 from chaos.topology.docker_image import (
     BUILTIN_IMAGE,
     LABEL,
@@ -118,7 +118,7 @@ def test_a_node_is_a_container_on_an_internal_network_and_teardown_removes_it(
         assert mounts[str(topo.run_dir)] is True
         # The agent is docker-init's child, seen from the host with its own namespace pid.
         assert handle.pid in topo.node_pids(0)
-        inner = ns_pid(handle.pid)
+        inner = procs.ns_pid(handle.pid)
         assert inner is not None
         assert inner < handle.pid  # a small pid in the container's own PID namespace
         assert topo.host_pid(0, inner) == handle.pid
