@@ -11,6 +11,7 @@ The agent is the only module that uses both rendezvous and workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -337,11 +338,12 @@ class Agent:
             record = (
                 read_error_file(Path(worker.spec.error_file)) if worker.spec.error_file else None
             )
-            stamp = (
-                float(record.timestamp)
-                if record and record.timestamp > 0
-                else (worker.exited_at or time.time())
-            )
+            exited = worker.exited_at or time.time()
+            stamp = float(record.timestamp) if record and record.timestamp > 0 else exited
+            precise = exited
+            if record is not None and worker.spec.error_file:
+                with contextlib.suppress(OSError):
+                    precise = min(exited, os.stat(worker.spec.error_file).st_mtime)
             self._attempt_failures.append(
                 WorkerFailure(
                     local_rank=worker.local_rank,
@@ -352,6 +354,7 @@ class Agent:
                     record=record,
                     timestamp=stamp,
                     host=self.host,
+                    precise_at=precise,
                 )
             )
 

@@ -47,6 +47,12 @@ class WorkerFailure:
     record: ErrorRecord | None
     timestamp: float
     host: str
+    # When it happened as precisely as the agent knows: the earlier of the error file's write
+    # time (mtime, ns) and the exit it observed (pidfd, at once). torch orders by whole
+    # seconds with ties to the lowest rank, which names the wrong worker when a peer's
+    # collective fails in the same second as the worker that really died (its error file
+    # then says "Connection reset by peer"). None: order by `failed_at`, as torch does.
+    precise_at: float | None = None
 
     @property
     def failed_at(self) -> int:
@@ -80,7 +86,8 @@ def failure_message(f: WorkerFailure) -> str:
 
 
 def root_cause(failures: Sequence[WorkerFailure]) -> WorkerFailure:
-    """The first failure: earliest `failed_at` (whole seconds), ties to the earliest listed."""
+    """The first failure: earliest `precise_at` where known, else `failed_at` (whole
+    seconds); ties to the earliest listed."""
     return failures[_root_index(failures)]
 
 
@@ -125,7 +132,11 @@ def _root_index(failures: Sequence[WorkerFailure]) -> int:
     if not failures:
         raise ValueError("no failures: a root cause needs at least one failed worker")
     # min() keeps the first of equal keys, which is torch's tie-break.
-    return min(range(len(failures)), key=lambda i: failures[i].failed_at)
+    return min(range(len(failures)), key=lambda i: _order_key(failures[i]))
+
+
+def _order_key(f: WorkerFailure) -> float:
+    return f.precise_at if f.precise_at is not None else float(f.failed_at)
 
 
 def _format_failure(idx: int, f: WorkerFailure) -> str:

@@ -91,6 +91,7 @@ def failure(
     record: ErrorRecord | None = None,
     error_file: Path | None = None,
     host: str = "node0",
+    precise_at: float | None = None,
 ) -> WorkerFailure:
     return WorkerFailure(
         local_rank=rank,
@@ -101,6 +102,7 @@ def failure(
         record=record,
         timestamp=timestamp,
         host=host,
+        precise_at=precise_at,
     )
 
 
@@ -266,6 +268,17 @@ def test_root_cause_ties_within_a_second_go_to_first_listed() -> None:
     second = failure(1, timestamp=100.1)
 
     assert root_cause([first, second]) is first
+
+
+def test_root_cause_within_a_second_goes_to_the_precise_first() -> None:
+    """A peer's collective fails (its error file says "Connection reset by peer") in the same
+    second as the worker that was killed: whole seconds and the lowest rank would name the
+    peer, as torch does; the precise times name the worker that died first."""
+    peer = failure(0, timestamp=100.0, record=nested("E: reset", "tb", 100), precise_at=100.93)
+    killed = failure(1, timestamp=100.91, precise_at=100.91)
+
+    assert root_cause([peer, killed]) is killed
+    assert root_cause([failure(0, timestamp=100.0, precise_at=100.5), killed]).global_rank == 0
 
 
 def test_root_cause_uses_the_workers_own_timestamp() -> None:
