@@ -19,6 +19,7 @@ from launcher.rendezvous.state import (
     join,
     report_failure,
 )
+from launcher.rendezvous.state.model import Keys, round_of
 from tests.rdzv_harness import Sim, agent_loop
 
 
@@ -163,6 +164,35 @@ def test_node_loss_detected_by_watcher_and_not_charged() -> None:
     check_round(results)
     assert results[0].reason == "node_lost" and not results[0].charged
     assert results[0].restart_count == 0 and results[0].group_world_size == 2
+
+
+def test_a_member_that_finished_is_not_declared_lost_and_a_joiner_waits() -> None:
+    """n2's workers all succeeded: it entered the exit barrier and stopped beating while the
+    others finish their last steps (a final checkpoint). Its silence is not a node loss,
+    and a spare arriving now must not re-form the round under them."""
+    p = params(min_nodes=1, max_nodes=4, keep_alive_interval_s=1.0, keep_alive_max_attempt=3)
+    sim = Sim(seed=7)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
+    sim.run()
+    round0 = {t.name: t.result for t in tasks}
+    done = sim.spawn(
+        "n2-finish", finish(p, round0["n2"], hosting=False, timeout_s=30.0, now=sim.now)
+    )
+    sim.run(until=sim.now + 0.5)
+    watcher = next(name for name, a in round0.items() if a.watch == "n2")
+    state = WatchState(round=0, group_world_size=3, watched="n2")
+    outcomes = []
+    for _ in range(6):  # n2 never beats again
+        task = sim.spawn("hb", heartbeat(p, watcher, state, now=sim.now))
+        sim.run(until=sim.now + 0.5)
+        outcomes.append(task.result)
+        sim.now += 1.0
+    assert "node_lost" not in outcomes
+    assert sim.store.get(Keys("job").dead("n2")) is None
+    spare = sim.spawn("n7", join(p, node(7), now=sim.now))
+    sim.run(until=sim.now + 5.0)
+    assert round_of(sim.store.get(Keys("job").round)) == 0  # not re-formed
+    assert not spare.done and not done.done  # the spare waits; n2 waits for the others
 
 
 def test_join_timeout() -> None:

@@ -69,7 +69,7 @@ def join(
         closed, now = yield Get(k.r(rnd, "close"))
         if closed is not None:
             size = members_of(closed)
-            if not p.static and size < p.max_nodes:
+            if not p.static and size < p.max_nodes and not (yield from round_finishing(p, rnd)):
                 # A running job with room for us: ask every member to re-form with us.
                 yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=size + 1)
                 continue
@@ -125,7 +125,7 @@ def _join_round(
         # Took a slot just after the round closed. With room left, ask for a new round at
         # once (as a newcomer to a running job would) instead of idling as a spare.
         members = members_of(closed)
-        if not p.static and members < p.max_nodes:
+        if not p.static and members < p.max_nodes and not (yield from round_finishing(p, rnd)):
             cur, now = yield Get(k.round)
             if round_of(cur) == rnd:
                 yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=members + 1)
@@ -303,13 +303,15 @@ def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, 
                 return None
             continue
         members = members_of(closed)
-        if not p.static and members < p.max_nodes:
+        if not p.static and members < p.max_nodes and not (yield from round_finishing(p, rnd)):
             yield Add(k.spares, -1)
             yield from bump(p, cur, reason=SCALE_UP, by=by, expected=members + 1)
             return None
         value, now = yield Add(k.r(rnd, "alive"), 0)
         if value != alive_value:
             alive_value, alive_since = value, now
+        elif now - alive_since >= _dead_after_s(p) and (yield from round_finishing(p, rnd)):
+            alive_since = now  # members stop beating once they finish: wait for the end
         elif now - alive_since >= _dead_after_s(p):
             yield Add(k.spares, -1)
             yield from bump(p, cur, reason=NODE_LOST, by="spare", expected=0, detail="all")
@@ -320,6 +322,19 @@ def _dead_after_s(p: Params) -> float:
     return p.keep_alive_interval_s * p.keep_alive_max_attempt
 
 
+# Once a member's workers all succeeded the training is over: the rest are in their last
+# steps (a final checkpoint, teardown), and a node that stopped beating has finished, not
+# died. A departure or a loss must not re-form the round then (a joiner waits for the end as
+# a spare: the scale-up call sites check first), while a worker failure still re-forms.
+_NOT_WHILE_FINISHING = frozenset({NODE_LOST, NODE_LEFT})
+
+
+def round_finishing(p: Params, rnd: int) -> Generator[Op, Feedback, bool]:
+    """Whether some member of round `rnd` has entered the exit barrier with success."""
+    finished, _ = yield Add(Keys(p.run_id).r(rnd, "succeeded"), 0)
+    return int(finished) > 0
+
+
 def bump(
     p: Params, current: str | None, *, reason: str, by: str, expected: int, detail: str = ""
 ) -> Generator[Op, Feedback, bool]:
@@ -327,6 +342,8 @@ def bump(
     (False: someone else already moved it, which is just as good)."""
     k = Keys(p.run_id)
     rnd = round_of(current)
+    if reason in _NOT_WHILE_FINISHING and rnd >= 0 and (yield from round_finishing(p, rnd)):
+        return False
     new = f"{rnd + 1}:{by}"
     result, _ = yield CompareSet(k.round, current, new)
     if result != new:

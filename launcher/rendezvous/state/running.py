@@ -27,6 +27,7 @@ from launcher.rendezvous.state.protocol import (
     WORKER_FAILURE,
     _dead_after_s,
     bump,
+    round_finishing,
 )
 
 
@@ -150,6 +151,8 @@ def heartbeat(
         return None
     if now - watch.last_change < _dead_after_s(p):
         return None
+    if (yield from round_finishing(p, watch.round)):
+        return None  # it stopped beating because it finished: its exit barrier has begun
     yield Set(k.dead(watch.watched), "lost")
     cur, _ = yield Get(k.round)
     if round_of(cur) == watch.round:
