@@ -2,13 +2,15 @@
 (docker). A 3-member cluster comes up at the topology's addresses, the harness finds the
 leader from inside the members' network (it has no route there itself), a killed leader is
 replaced by an election among the rest, and teardown leaves nothing: no namespace, claim,
-container or member process. A SIGKILLed harness's etcd namespaces go with the next `up()`.
+container or member process. A SIGKILLed harness's etcd namespaces go with the next `up()`,
+and a partition with `from_store` cuts a node from every member while the others keep them.
 
 The catalog's etcd scenarios run on these backends in test_scenarios.py; this file checks the
 placement itself, without a job (a few seconds each)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -217,3 +219,64 @@ def test_docker_members_are_labelled_containers(
     assert not docker_client.containers.list(all=True, filters=run_filter)
     assert not docker_client.networks.list(filters=run_filter)
     assert not [pid for pid in pids if proc_start(pid) is not None]
+
+
+# Connects to every ADDR:PORT given; prints {target: outcome}.
+CONNECT = """
+import json, socket, sys
+def one(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return "ok"
+    except OSError as err:
+        return type(err).__name__
+print(json.dumps({t: one(t) for t in sys.argv[1:]}))
+"""
+
+
+@needs_netns
+def test_a_partition_cuts_a_node_from_the_etcd_cluster(tmp_path: Path) -> None:
+    from chaos.faults import FaultContext, fire, heal
+    from chaos.scenario.schema import Fault, Trigger
+    from chaos.topology.netns import NetnsTopology
+
+    topo = NetnsTopology(
+        etcd_scenario("netns"), run_dir=tmp_path, launcher="launcher", view=JobView(tmp_path)
+    )
+    members: list[str] = []  # host:port of every member, once up
+
+    def reach(node: int) -> set[str]:
+        done = subprocess.run(
+            [*topo.net_exec(node), sys.executable, "-c", CONNECT, *members],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return set(json.loads(done.stdout).values())
+
+    try:
+        topo.up()
+        members = topo.store.endpoint.split(",")
+        ctx = FaultContext(scenario=topo.scenario, topology=topo, control_dir=tmp_path)
+        assert reach(0) == reach(1) == {"ok"}
+        cut = Fault(
+            kind="partition",
+            trigger=Trigger(kind="at_s", at_s=0.0),
+            node=1,
+            from_store=True,
+            mode="reject",
+        )
+        did = fire(cut, ctx)
+        try:
+            addrs = [m.rsplit(":", 1)[0] for m in members]
+            assert did["cuts"] == {"1": []} and did["store_cuts"] == {"1": addrs}, did
+            assert reach(1) == {"ConnectionRefusedError"}  # every member refused at once
+            assert reach(0) == {"ok"}  # the rest keep the cluster
+        finally:
+            healed = heal(cut, ctx, did)
+        assert healed == {"node": 1, "rules_deleted": 12}, healed
+        assert reach(1) == {"ok"}
+    finally:
+        topo.stop_all()
