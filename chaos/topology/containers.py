@@ -10,7 +10,8 @@ one user-defined bridge network with `internal: true` (no route out of it) on a 
 The run directory is bind-mounted read-write at its own path and the project read-only at
 its own, so the agents' event logs, the workload's step reports and checkpoints land where
 the harness reads them, exactly as with the `local` topology. The c10d store is hosted by
-node 0 at its container address.
+node 0 at its container address; an etcd store is one container per member on the same
+network (chaos.topology.etcd_docker).
 
 Processes are seen from the host: every process under the container's init (a PID
 namespace keeps even orphans under it), tracked by host pid and start time as everywhere

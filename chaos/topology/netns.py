@@ -8,7 +8,9 @@ default route, so the job can reach nothing but its own nodes. Node i is 10.213.
 
 Agents run as `ip netns exec <ns> python3 -m launcher ... --local-addr <node ip>` with
 GLOO_SOCKET_IFNAME=veth0 (`ip netns exec` execs, so the pid is the agent's); the c10d store is
-hosted by node 0 at its namespace address. Processes are tracked exactly as in the `local`
+hosted by node 0 at its namespace address; an etcd store runs one member per namespace
+`<prefix>-e<i>` at 10.213.<k>.<200+i> on the same bridge (chaos.topology.etcd_members), so a
+partition can cut a node from the cluster. Processes are tracked exactly as in the `local`
 topology (same PID namespace, /proc walks). Everything is created in `up()` and removed by
 `stop_all()` (which the runner calls on every exit path): deleting a namespace deletes its
 veth and its iptables rules. Partitions (chaos.faults.partition) add iptables rules inside a
