@@ -7,7 +7,9 @@ python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".
 # etcd (3.4 in Debian 12) for the etcd rendezvous backend's tests; apt does not start it.
 # iptables and iproute2 for the netns topology (partitions); tests needing them are marked root.
 missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# etcdctl: the harness probes etcd members it cannot reach directly (netns, docker) with it.
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # Docker (Debian's 20.10 daemon) for the docker topology; nsenter (util-linux) for its partitions.

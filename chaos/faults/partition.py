@@ -1,8 +1,10 @@
 """The partition fault: cut traffic between nodes with iptables, inside their network namespaces.
 
-    node: N                 N is cut from every other node (and so from the store on node 0)
-    node: N, from_store     N is cut from the store host only
-    groups: [[0, 1], [2]]   every node is cut from the nodes of the other groups
+    node: N                 N is cut from every other node and from the store (c10d: node 0;
+                            etcd: every member of the cluster)
+    node: N, from_store     N is cut from the store only (the c10d host, or every etcd member)
+    groups: [[0, 1], [2]]   every node is cut from the nodes of the other groups (etcd members
+                            are in no group: every node keeps them)
     mode: drop | reject     silent (default) or refused
 
 Each cut (node, peer) is a set of rules inserted at the head of INPUT and OUTPUT inside the cut
@@ -35,6 +37,7 @@ from chaos.scenario.schema import Fault
 
 if TYPE_CHECKING:
     from chaos.faults import FaultContext
+    from chaos.topology.base import Store
 
 _TIMEOUT_S = 10.0
 _REFUSE = ["-p", "tcp", "!", "--tcp-flags", "RST", "RST"]
@@ -58,8 +61,11 @@ class PartitionTarget(Protocol):
         ...
 
 
-def _cuts(fault: Fault, everyone: list[int], store_host: int | None) -> dict[int, list[int]] | str:
-    """node -> the peers it must not reach, or why the fault cannot apply (pure)."""
+def _cuts(
+    fault: Fault, everyone: list[int], store_host: int | None, *, etcd: bool = False
+) -> dict[int, list[int]] | str:
+    """node -> the peer nodes it must not reach, or why the fault cannot apply (pure). With an
+    etcd store (`etcd`), `from_store` cuts no node: only the members (`_store_cuts`)."""
     if fault.groups:
         listed = [n for group in fault.groups for n in group]
         missing = sorted(n for n in listed if n not in everyone)
@@ -73,10 +79,27 @@ def _cuts(fault: Fault, everyone: list[int], store_host: int | None) -> dict[int
     if fault.node not in everyone:
         return f"node {fault.node} is not in the topology"
     if fault.from_store:
+        if etcd:
+            return {fault.node: []}
         if store_host is None or store_host == fault.node:
             return f"node {fault.node} cannot be cut from a store it hosts (or that has no host)"
         return {fault.node: [store_host]}
     return {fault.node: [n for n in everyone if n != fault.node]}
+
+
+def _store_cuts(fault: Fault, members: list[str]) -> dict[int, list[str]]:
+    """node -> the etcd member addresses it must not reach (pure): a `node` partition cuts the
+    node from the whole cluster; `groups` leave the members reachable to everyone."""
+    if fault.groups or fault.node is None or not members:
+        return {}
+    return {fault.node: list(members)}
+
+
+def _etcd_members(store: Store) -> list[str]:
+    """The addresses of an etcd store's members (from its endpoint); none for c10d."""
+    if store.kind != "etcd":
+        return []
+    return [ep.rsplit(":", 1)[0] for ep in store.endpoint.split(",") if ep]
 
 
 def rules_for(peer: str, mode: str) -> list[list[str]]:
@@ -107,15 +130,18 @@ def partition(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
     topo = ctx.topology
     if not isinstance(topo, PartitionTarget):
         return {"skipped": f"the {topo.backend} topology cannot run commands in a node's network"}
-    cuts = _cuts(fault, topo.node_indices(), ctx.topology.store.host_node)
+    store = ctx.topology.store
+    members = _etcd_members(store)
+    cuts = _cuts(fault, topo.node_indices(), store.host_node, etcd=bool(members))
     if isinstance(cuts, str):
         return {"skipped": cuts, "node": fault.node}
+    store_cuts = _store_cuts(fault, members)
     applied: list[dict[str, Any]] = []
     for node, peers in sorted(cuts.items()):
         prefix = topo.net_exec(node)
         where = " ".join(prefix)
-        for peer in peers:
-            for rule in rules_for(topo.addr_of(peer), fault.mode):
+        for peer in [topo.addr_of(p) for p in peers] + store_cuts.get(node, []):
+            for rule in rules_for(peer, fault.mode):
                 done = _iptables(prefix, ["-I", *rule])
                 if done.returncode != 0:
                     _delete(applied)  # all or nothing
@@ -126,6 +152,7 @@ def partition(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
         "groups": [list(g) for g in fault.groups],
         "mode": fault.mode,
         "cuts": {str(n): peers for n, peers in sorted(cuts.items())},
+        "store_cuts": {str(n): addrs for n, addrs in sorted(store_cuts.items())},
         "rules": applied,
         "duration_s": fault.duration_s,
     }

@@ -10,7 +10,8 @@ one user-defined bridge network with `internal: true` (no route out of it) on a 
 The run directory is bind-mounted read-write at its own path and the project read-only at
 its own, so the agents' event logs, the workload's step reports and checkpoints land where
 the harness reads them, exactly as with the `local` topology. The c10d store is hosted by
-node 0 at its container address.
+node 0 at its container address; an etcd store is one container per member on the same
+network (chaos.topology.etcd_docker).
 
 Processes are seen from the host: every process under the container's init (a PID
 namespace keeps even orphans under it), tracked by host pid and start time as everywhere
@@ -40,10 +41,13 @@ from chaos.topology import procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.docker_image import LABEL, LABEL_OWNER, LABEL_RUN, NodeImage, owner_alive
 from chaos.topology.docker_image import owner_label as _owner_label
+from chaos.topology.etcd import EtcdCluster
+from chaos.topology.etcd_docker import DockerPlacement
 from chaos.topology.local import REPO_ROOT, C10dStore, LocalTopology
 from chaos.topology.view import JobView
 
 STORE_PORT = 29400  # every container has its own port space: a fixed port cannot clash
+ETCD_HOST_BASE = 200  # etcd member i is 10.214.<k>.<200+i>
 NODE_IFNAME = "eth0"
 _SUBNET_TRIES = 20
 _WAIT_S = 10.0
@@ -110,11 +114,6 @@ class DockerTopology(LocalTopology):
     backend = "docker"
 
     def __init__(self, scenario: Scenario, *, run_dir: Path, launcher: str, view: JobView) -> None:
-        if scenario.topology.rdzv_backend != "c10d":
-            raise TopologyError(
-                "the docker topology supports rdzv_backend c10d only (for now); "
-                "run etcd scenarios with --backend local"
-            )
         self.client = docker_client()
         # Containers see the run dir at the path the agents' argv names: make it absolute.
         super().__init__(scenario, run_dir=run_dir.resolve(), launcher=launcher, view=view)
@@ -130,6 +129,15 @@ class DockerTopology(LocalTopology):
         self._created: list[str] = []  # container ids, started or not
         self._crashed: set[int] = set()
         self.stale_removed: list[str] = []
+        if scenario.topology.rdzv_backend == "etcd":
+            placement = DockerPlacement(
+                self.client,
+                network=self.network_name,
+                address=self.etcd_addr,
+                name=lambda i: f"{self.prefix}-e{i}",
+                labels=self._labels,
+            )
+            self._store = self._etcd_cluster(placement)
 
     # -- names and addresses -----------------------------------------------------------------
     def addr_of(self, index: int) -> str:
@@ -141,6 +149,13 @@ class DockerTopology(LocalTopology):
 
     def node_indices(self) -> list[int]:
         return list(range(self.max_index + 1))
+
+    def etcd_addr(self, index: int) -> str:
+        """etcd member `index`'s address (container `<prefix>-e<index>`, etcd_docker.py)."""
+        if not 0 <= index < self._store.member_count():
+            raise TopologyError(f"etcd member {index} is not in the topology")
+        self.addr_of(0)  # draws the subnet if up() has not yet
+        return f"10.214.{self.subnet_k}.{ETCD_HOST_BASE + index}"
 
     def net_exec(self, index: int) -> list[str]:
         """The command prefix that runs a command in node `index`'s network namespace."""
@@ -175,7 +190,10 @@ class DockerTopology(LocalTopology):
                 self.subnet_k = draw.randrange(16, 240)  # another run holds it: draw again
         else:
             raise TopologyError("no free 10.214.x.0/24 subnet for the docker network")
-        self._store = C10dStore(f"{self.addr_of(0)}:{STORE_PORT}", STORE_PORT)
+        if isinstance(self._store, EtcdCluster):
+            self._store.start()  # its members join the network just made
+        else:
+            self._store = C10dStore(f"{self.addr_of(0)}:{STORE_PORT}", STORE_PORT)
 
     def _container_env(self, index: int, node_dir: Path) -> dict[str, str]:
         assert self._image is not None
@@ -346,7 +364,12 @@ class DockerTopology(LocalTopology):
                 codes[index] = self.poll(index)
             return codes
         finally:
-            failed = self.remove_objects()
+            failed: list[str] = []
+            try:
+                self._stop_store()  # its containers are on the network: before remove_objects
+            except (OSError, RuntimeError) as err:
+                failed.append(f"etcd: {err}")
+            failed += self.remove_objects()
             if failed:
                 raise TopologyError(f"could not remove docker objects: {failed}")
 

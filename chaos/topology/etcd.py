@@ -1,26 +1,48 @@
-"""A real etcd cluster (1 or 3 members) on loopback for the duration of one run.
+"""A real etcd cluster (1, 3 or 5 members) for the duration of one run, on any topology.
 
-Members run Debian's `/usr/bin/etcd` with kernel-assigned client and peer ports (parallel runs
-never collide; a port taken between choosing and binding is retried), data in a temp dir
-(etcd preallocates its WAL, so it stays out of the run dir) and logs in RUN_DIR/etcd/. Members
-get PDEATHSIG through `setpriv`, so they die with the harness even if it is SIGKILLed.
+Members run Debian's `/usr/bin/etcd`; where each one runs (a loopback process, a process in
+its own network namespace, a container) is its `Placement` (chaos.topology.etcd_members),
+so member command lines, start-up retries, health and leader lookup exist once. Logs go to
+RUN_DIR/etcd/m<i>.log; data stays out of the run dir (etcd preallocates its WAL).
+
+Health and leader come from the members themselves: over HTTP from the harness when it can
+reach them (`local`), otherwise with `etcdctl ... -w json` run inside a member's network
+(`ip netns exec`, `nsenter`), since the harness's own namespace has no route to them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from chaos.topology.etcd_members import (
+    HOST,
+    Placement,
+    ProcessPlacement,
+    die_with_parent,
+    free_ports,
+)
+
+__all__ = [
+    "HOST",
+    "START_ATTEMPTS",
+    "EtcdCluster",
+    "die_with_parent",
+    "etcd_binary",
+    "etcdctl_binary",
+    "free_ports",
+    "http_json",
+]
+
 START_ATTEMPTS = 3
+_PROBE_TIMEOUT_S = 10.0
 # urllib must never route loopback requests through a proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -29,19 +51,9 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None)
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """Ports free right now (held together while choosing, so all distinct)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def die_with_parent(argv: list[str]) -> list[str]:
-    """argv under `setpriv --pdeathsig KILL` (setpriv execs, so the pid stays the program's)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+def etcdctl_binary() -> str | None:
+    found = shutil.which("etcdctl")
+    return found or ("/usr/bin/etcdctl" if Path("/usr/bin/etcdctl").is_file() else None)
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 2.0) -> Any:
@@ -50,35 +62,60 @@ def http_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 2
         return json.loads(reply.read())
 
 
+def _probe_env() -> dict[str, str]:
+    """etcdctl's environment: v3 API, and no proxy (gRPC honours *_proxy variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
 class EtcdCluster:
     """The `Store` of an etcd-backed run (see chaos.topology.base.Store)."""
 
     kind = "etcd"
     host_node: int | None = None
 
-    def __init__(self, size: int, *, log_dir: Path, enable_v2: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        log_dir: Path,
+        enable_v2: bool = False,
+        placement: Placement | None = None,
+    ) -> None:
         self.size = size
         self.log_dir = log_dir
         self.enable_v2 = enable_v2
+        self.placement: Placement = placement if placement is not None else ProcessPlacement()
         self.ports: list[tuple[int, int]] = []  # (client, peer) per member
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._data: Path | None = None
+        self._etcdctl: str | None = None
 
     @property
     def endpoint(self) -> str:
-        return ",".join(f"{HOST}:{client}" for client, _ in self.ports)
+        return ",".join(self.client_addr(i) for i in range(len(self.ports)))
+
+    def addresses(self) -> list[str]:
+        """Every member's address (what a partition cuts a node from)."""
+        return [self.placement.address(i) for i in range(self.size)]
+
+    def client_addr(self, index: int) -> str:
+        return f"{self.placement.address(index)}:{self.ports[index][0]}"
 
     def client_url(self, index: int) -> str:
-        return f"http://{HOST}:{self.ports[index][0]}"
+        return f"http://{self.client_addr(index)}"
 
     def start(self, timeout_s: float = 30.0) -> None:
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+        if not self.placement.direct:
+            self._etcdctl = etcdctl_binary()
+            if self._etcdctl is None:
+                raise RuntimeError("etcdctl is not installed (apt-get install etcd-client)")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._data = Path(tempfile.mkdtemp(prefix="chaos-etcd-"))
+        token = f"chaos-{uuid.uuid4().hex[:8]}"
         for attempt in range(1, START_ATTEMPTS + 1):
-            self._spawn(binary, attempt)
+            self._spawn(binary, f"{token}-{attempt}", attempt)
             problem = self._wait_healthy(time.monotonic() + timeout_s)
             if problem is None:
                 return
@@ -86,40 +123,58 @@ class EtcdCluster:
             if attempt == START_ATTEMPTS or "address already in use" not in problem:
                 raise RuntimeError(f"etcd cluster of {self.size} did not start: {problem}")
 
-    def _spawn(self, binary: str, attempt: int) -> None:
-        assert self._data is not None
-        flat = free_ports(2 * self.size)
-        self.ports = [(flat[2 * i], flat[2 * i + 1]) for i in range(self.size)]
-        initial = ",".join(f"m{i}=http://{HOST}:{peer}" for i, (_, peer) in enumerate(self.ports))
-        self.procs = []
-        for i, (client, peer) in enumerate(self.ports):
-            data_dir = self._data / f"try{attempt}" / f"m{i}"
-            data_dir.mkdir(parents=True)
+    def _spawn(self, binary: str, token: str, attempt: int) -> None:
+        self.ports = self.placement.ports(self.size)
+        peers = [f"http://{self.placement.address(i)}:{p}" for i, (_, p) in enumerate(self.ports)]
+        initial = ",".join(f"m{i}={url}" for i, url in enumerate(peers))
+        for i in range(self.size):
             argv = [
                 binary,
                 f"--name=m{i}",
-                f"--data-dir={data_dir}",
-                f"--listen-client-urls=http://{HOST}:{client}",
-                f"--advertise-client-urls=http://{HOST}:{client}",
-                f"--listen-peer-urls=http://{HOST}:{peer}",
-                f"--initial-advertise-peer-urls=http://{HOST}:{peer}",
+                f"--data-dir={self.placement.data_dir(i, attempt)}",
+                f"--listen-client-urls={self.client_url(i)}",
+                f"--advertise-client-urls={self.client_url(i)}",
+                f"--listen-peer-urls={peers[i]}",
+                f"--initial-advertise-peer-urls={peers[i]}",
                 f"--initial-cluster={initial}",
-                f"--initial-cluster-token={self._data.name}-{attempt}",
+                f"--initial-cluster-token={token}",
                 "--initial-cluster-state=new",
                 "--logger=zap",
                 "--log-level=warn",
             ]
             if self.enable_v2:
                 argv.append("--enable-v2")
-            with (self.log_dir / f"m{i}.log").open("ab") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        die_with_parent(argv),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            self.placement.spawn(i, argv, self.log_dir / f"m{i}.log")
+
+    # -- probes ------------------------------------------------------------------------------
+    def _ctl(self, *args: str) -> list[dict[str, Any]]:
+        """`etcdctl ARGS -w json` against every live member, run inside the network of the
+        first live one; the replies that came back (an unreachable member is left out)."""
+        live = [i for i in range(self.size) if self.member_pid(i) is not None]
+        if not live or self._etcdctl is None:
+            return []
+        urls = ",".join(self.client_url(i) for i in live)
+        argv = [*self.placement.probe_exec(live[0]), self._etcdctl, f"--endpoints={urls}"]
+        argv += ["--dial-timeout=1s", "--command-timeout=1s", *args, "-w", "json"]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+                env=_probe_env(),
+                check=False,  # etcdctl exits 1 when any endpoint fails: read what came back
+            )
+            replies = json.loads(done.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return []  # the member died under us, or etcdctl printed nothing to parse
+        return [r for r in replies if isinstance(r, dict)] if isinstance(replies, list) else []
+
+    def _index_of(self, url: object) -> int | None:
+        for index in range(self.size):
+            if url == self.client_url(index):
+                return index
+        return None
 
     def _healthy(self, index: int) -> bool:
         try:
@@ -127,6 +182,44 @@ class EtcdCluster:
         except (OSError, ValueError):
             return False
         return bool(reply.get("health") == "true")
+
+    def _all_healthy(self) -> bool:
+        if self.placement.direct:
+            return all(self._healthy(i) for i in range(self.size))
+        healthy = {
+            self._index_of(r.get("endpoint"))
+            for r in self._ctl("endpoint", "health")
+            if r.get("health") is True
+        }
+        return healthy >= set(range(self.size))
+
+    def _statuses(self) -> dict[int, tuple[str, str]]:
+        """Live member -> (its member id, the leader id it reports), for those that answer.
+        A member without a leader omits the field (proto3 zero): it reports "0", no agreement."""
+        found: dict[int, tuple[str, str]] = {}
+        if self.placement.direct:
+            for index in range(self.size):
+                if self.member_pid(index) is None:
+                    continue
+                try:
+                    status = http_json(f"{self.client_url(index)}/v3/maintenance/status", {})
+                    found[index] = (
+                        str(status["header"]["member_id"]),
+                        str(status.get("leader", "0")),
+                    )
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # not answering (yet): no say in who leads
+            return found
+        for reply in self._ctl("endpoint", "status"):
+            member = self._index_of(reply.get("Endpoint"))
+            said = reply.get("Status")
+            if member is None or not isinstance(said, dict):
+                continue
+            try:
+                found[member] = (str(said["header"]["member_id"]), str(said.get("leader", "0")))
+            except (KeyError, TypeError):
+                continue
+        return found
 
     def _log_tail(self, index: int) -> str:
         try:
@@ -138,10 +231,10 @@ class EtcdCluster:
     def _wait_healthy(self, deadline: float) -> str | None:
         interval = 0.02
         while True:
-            for i, proc in enumerate(self.procs):
-                if proc.poll() is not None:
+            for i in range(self.size):
+                if self.member_pid(i) is None:
                     return f"member m{i} exited early: {self._log_tail(i)}"
-            if all(self._healthy(i) for i in range(self.size)):
+            if self._all_healthy():
                 return None
             if time.monotonic() >= deadline:
                 return "not healthy in time: " + " | ".join(
@@ -155,30 +248,18 @@ class EtcdCluster:
         return self.size
 
     def member_pid(self, index: int) -> int | None:
-        proc = self.procs[index]
-        return proc.pid if proc.poll() is None else None
+        return self.placement.pid(index)
 
     def kill_member(self, index: int) -> int | None:
-        proc = self.procs[index]
-        if proc.poll() is not None:
-            return None
-        proc.kill()
-        proc.wait(timeout=10)
-        return proc.pid
+        return self.placement.kill(index)
 
     def leader_index(self, timeout_s: float = 10.0) -> int:
         """The member the live members agree leads (waits, bounded, for an election)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            ids: dict[str, int] = {}
-            leaders: set[str] = set()
-            for index in range(self.size):
-                if self.member_pid(index) is None:
-                    continue
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    status = http_json(f"{self.client_url(index)}/v3/maintenance/status", {})
-                    ids[str(status["header"]["member_id"])] = index
-                    leaders.add(str(status.get("leader", "0")))
+            statuses = self._statuses()
+            ids = {member: index for index, (member, _) in statuses.items()}
+            leaders = {leader for _, leader in statuses.values()}
             if len(leaders) == 1 and (leader := leaders.pop()) in ids:
                 return ids[leader]
             if time.monotonic() >= deadline:
@@ -186,11 +267,14 @@ class EtcdCluster:
             time.sleep(0.05)  # polling an election in progress
 
     def _kill_all(self) -> None:
-        for index in range(len(self.procs)):
+        for index in range(self.size):
             self.kill_member(index)
 
     def stop(self) -> None:
-        self._kill_all()
-        if self._data is not None:
-            shutil.rmtree(self._data, ignore_errors=True)
-            self._data = None
+        """Kills every member and removes what its placement made (data, containers)."""
+        try:
+            self._kill_all()
+        finally:
+            failed = self.placement.close()
+            if failed:
+                raise RuntimeError(f"etcd members not removed: {failed}")

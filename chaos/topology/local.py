@@ -31,7 +31,8 @@ from pathlib import Path
 from chaos.scenario.schema import FAULT_KINDS, Scenario
 from chaos.topology import procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
-from chaos.topology.etcd import EtcdCluster, die_with_parent
+from chaos.topology.etcd import EtcdCluster
+from chaos.topology.etcd_members import Placement, ProcessPlacement, die_with_parent
 from chaos.topology.view import JobView
 from launcher.events import RDZV_ROUND_COMPLETE, WORKER_STARTED
 
@@ -135,11 +136,7 @@ class LocalTopology:
             port = free_port()
             self._store = C10dStore(f"{node_addr(0)}:{port}", port)
         else:
-            self._store = EtcdCluster(
-                topo.etcd_members,
-                log_dir=run_dir / "etcd",
-                enable_v2=launcher == "torchrun",
-            )
+            self._store = self._etcd_cluster(ProcessPlacement())
         self._nodes: dict[int, _Node] = {}
         self._known: dict[int, tuple[procs.ProcId, int]] = {}  # pid -> (identity, node)
         self._events_seen: dict[int, int] = {}
@@ -148,6 +145,19 @@ class LocalTopology:
     @property
     def store(self) -> C10dStore | EtcdCluster:
         return self._store
+
+    def _etcd_cluster(self, placement: Placement) -> EtcdCluster:
+        """The run's etcd cluster, its members wherever `placement` puts them."""
+        return EtcdCluster(
+            self.scenario.topology.etcd_members,
+            log_dir=self.run_dir / "etcd",
+            enable_v2=self.launcher == "torchrun",  # torch's etcd-v2 backend speaks only v2
+            placement=placement,
+        )
+
+    def _stop_store(self) -> None:
+        if isinstance(self._store, EtcdCluster):
+            self._store.stop()
 
     # -- bring-up ----------------------------------------------------------------------------
     def up(self) -> None:
@@ -358,5 +368,4 @@ class LocalTopology:
                     codes[index] = None
             return codes
         finally:
-            if isinstance(self._store, EtcdCluster):
-                self._store.stop()
+            self._stop_store()

@@ -8,7 +8,9 @@ default route, so the job can reach nothing but its own nodes. Node i is 10.213.
 
 Agents run as `ip netns exec <ns> python3 -m launcher ... --local-addr <node ip>` with
 GLOO_SOCKET_IFNAME=veth0 (`ip netns exec` execs, so the pid is the agent's); the c10d store is
-hosted by node 0 at its namespace address. Processes are tracked exactly as in the `local`
+hosted by node 0 at its namespace address; an etcd store runs one member per namespace
+`<prefix>-e<i>` at 10.213.<k>.<200+i> on the same bridge (chaos.topology.etcd_members), so a
+partition can cut a node from the cluster. Processes are tracked exactly as in the `local`
 topology (same PID namespace, /proc walks). Everything is created in `up()` and removed by
 `stop_all()` (which the runner calls on every exit path): deleting a namespace deletes its
 veth and its iptables rules. Partitions (chaos.faults.partition) add iptables rules inside a
@@ -32,7 +34,8 @@ from pathlib import Path
 from chaos.scenario.schema import Scenario
 from chaos.topology import netns_claims as claims
 from chaos.topology.base import NodeHandle, Support, TopologyError
-from chaos.topology.etcd import die_with_parent
+from chaos.topology.etcd import EtcdCluster
+from chaos.topology.etcd_members import ProcessPlacement, die_with_parent
 from chaos.topology.local import REPO_ROOT, C10dStore, LocalTopology, _Node
 from chaos.topology.view import JobView
 from launcher.events import RDZV_ROUND_COMPLETE
@@ -41,6 +44,7 @@ NETNS_PREFIX = "chx"  # every namespace of every netns run starts with this
 NODE_IFNAME = "veth0"  # the node's side of its veth, inside the node's namespace
 BRIDGE = "br0"
 STORE_PORT = 29400  # every node has its own port space: a fixed port cannot clash
+ETCD_HOST_BASE = 200  # etcd member i is 10.213.<k>.<200+i>, in namespace <prefix>-e<i>
 _CMD_TIMEOUT_S = 10.0
 _LISTEN = "0A"
 
@@ -88,13 +92,15 @@ class NetnsTopology(LocalTopology):
     backend = "netns"
 
     def __init__(self, scenario: Scenario, *, run_dir: Path, launcher: str, view: JobView) -> None:
-        if scenario.topology.rdzv_backend != "c10d":
-            raise TopologyError("the netns topology supports rdzv_backend c10d only (for now)")
         missing = have_netns()
         if missing:
             raise TopologyError(missing)
         super().__init__(scenario, run_dir=run_dir, launcher=launcher, view=view)
         self._name(_run_tag(self.run_id))
+        if scenario.topology.rdzv_backend == "etcd":
+            # Resolved when the members spawn, after up() has claimed the final prefix.
+            placement = ProcessPlacement(address=self.etcd_addr, prefix=self.etcd_exec)
+            self._store = self._etcd_cluster(placement)
         self._created: list[str] = []  # namespaces, in creation order
         self._claimed = False
         self.reaped: list[str] = []  # stale namespaces of dead harnesses that up() removed
@@ -106,7 +112,8 @@ class NetnsTopology(LocalTopology):
         # Only inside our namespaces, but still spread runs over many subnets.
         self.subnet_k = 16 + int(tag, 16) % 224
         self.subnet = f"10.213.{self.subnet_k}.0/24"
-        self._store = C10dStore(f"{self.addr_of(0)}:{STORE_PORT}", STORE_PORT)
+        if isinstance(self._store, C10dStore):
+            self._store = C10dStore(f"{self.addr_of(0)}:{STORE_PORT}", STORE_PORT)
 
     # -- names and addresses -----------------------------------------------------------------
     def netns_of(self, index: int) -> str:
@@ -124,6 +131,22 @@ class NetnsTopology(LocalTopology):
     def node_indices(self) -> list[int]:
         """Every node of the topology, started or not (spares included)."""
         return list(range(self.max_index + 1))
+
+    def etcd_members(self) -> int:
+        """How many etcd members get a namespace (0 with c10d)."""
+        return self._store.member_count()
+
+    def etcd_netns(self, index: int) -> str:
+        return f"{self.prefix}-e{index}"
+
+    def etcd_exec(self, index: int) -> list[str]:
+        """The prefix that runs a command inside etcd member `index`'s namespace."""
+        return ["ip", "netns", "exec", self.etcd_netns(index)]
+
+    def etcd_addr(self, index: int) -> str:
+        if not 0 <= index < self.etcd_members():
+            raise TopologyError(f"etcd member {index} is not in the topology")
+        return f"10.213.{self.subnet_k}.{ETCD_HOST_BASE + index}"
 
     def namespaces(self) -> list[str]:
         return list(self._created)
@@ -155,17 +178,27 @@ class NetnsTopology(LocalTopology):
             ip("-n", self.switch, "link", "add", BRIDGE, "type", "bridge")
             ip("-n", self.switch, "link", "set", BRIDGE, "up")
             for index in self.node_indices():
-                ns, port = self.netns_of(index), f"p{index}"
-                self._add_netns(ns)
-                ip("-n", ns, "link", "add", NODE_IFNAME, "type", "veth", "peer", "name", port,
-                   "netns", self.switch)  # fmt: skip
-                ip("-n", self.switch, "link", "set", port, "master", BRIDGE)
-                ip("-n", self.switch, "link", "set", port, "up")
-                ip("-n", ns, "addr", "add", f"{self.addr_of(index)}/24", "dev", NODE_IFNAME)
-                ip("-n", ns, "link", "set", NODE_IFNAME, "up")
+                self._plug(self.netns_of(index), f"p{index}", self.addr_of(index))
+            for index in range(self.etcd_members()):
+                self._plug(self.etcd_netns(index), f"e{index}", self.etcd_addr(index))
+            if isinstance(self._store, EtcdCluster):
+                self._store.start()
         except BaseException:
-            self.remove_namespaces()
+            try:
+                self._stop_store()  # no member may outlive its namespace's name
+            finally:
+                self.remove_namespaces()
             raise
+
+    def _plug(self, ns: str, port: str, addr: str) -> None:
+        """Creates namespace `ns` with a veth whose peer `port` is a port of the bridge."""
+        self._add_netns(ns)
+        ip("-n", ns, "link", "add", NODE_IFNAME, "type", "veth", "peer", "name", port,
+           "netns", self.switch)  # fmt: skip
+        ip("-n", self.switch, "link", "set", port, "master", BRIDGE)
+        ip("-n", self.switch, "link", "set", port, "up")
+        ip("-n", ns, "addr", "add", f"{addr}/24", "dev", NODE_IFNAME)
+        ip("-n", ns, "link", "set", NODE_IFNAME, "up")
 
     def remove_namespaces(self) -> list[str]:
         """Deletes every namespace this run created (their veths and rules go with them);

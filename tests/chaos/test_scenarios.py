@@ -35,7 +35,7 @@ def runs_on(scenario: Scenario, backend: str) -> bool:
         return False
     if backend == "local":
         return all(f.kind != "partition" for f in scenario.faults)
-    return scenario.topology.rdzv_backend == "c10d"  # netns, docker: no etcd cluster yet
+    return True  # netns, docker: every fault kind, c10d or etcd
 
 
 def _params() -> list[object]:
@@ -57,16 +57,21 @@ def _params() -> list[object]:
 
 
 def _unavailable(scenario: Scenario, backend: str) -> str | None:
+    missing: str | None = None
     if backend == "netns":
         from chaos.topology.netns import have_netns
 
-        return have_netns()
-    if backend == "docker":
+        missing = have_netns()
+    elif backend == "docker":
         from chaos.topology.containers import have_docker
 
-        return have_docker()
-    if scenario.topology.rdzv_backend == "etcd" and shutil.which("etcd") is None:
+        missing = have_docker()
+    if missing or scenario.topology.rdzv_backend != "etcd":
+        return missing
+    if shutil.which("etcd") is None:
         return "etcd is not installed (ci/install.sh installs it)"
+    if backend != "local" and shutil.which("etcdctl") is None:
+        return "etcdctl is not installed (ci/install.sh installs etcd-client)"
     return None
 
 

@@ -3,9 +3,11 @@ of each mode (the rules themselves are exercised in tests/chaos/test_partitions.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from chaos.faults.partition import _cuts, rules_for
+from chaos.faults.partition import _cuts, _etcd_members, _store_cuts, rules_for
 from chaos.scenario.schema import Fault, Trigger
 
 AT = Trigger(kind="at_s", at_s=1.0)
@@ -67,3 +69,28 @@ def test_reject_rules_reset_tcp_both_ways_spare_lo_and_resets_and_drop_the_rest(
 def test_an_unknown_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="drop or reject"):
         rules_for("10.0.0.2", "delay")
+
+
+def test_with_etcd_from_store_cuts_no_node_only_the_members() -> None:
+    members = ["10.0.0.200", "10.0.0.201"]
+    fault = part(node=2, from_store=True)
+    assert _cuts(fault, EVERYONE, None, etcd=True) == {2: []}
+    assert _store_cuts(fault, members) == {2: members}
+
+
+def test_with_etcd_a_cut_node_loses_every_node_and_every_member() -> None:
+    members = ["10.0.0.200", "10.0.0.201", "10.0.0.202"]
+    assert _cuts(part(node=0), EVERYONE, None, etcd=True) == {0: [1, 2, 3]}
+    assert _store_cuts(part(node=0), members) == {0: members}
+
+
+def test_groups_and_c10d_cut_no_etcd_member() -> None:
+    assert _store_cuts(part(groups=((0, 1), (2,))), ["10.0.0.200"]) == {}
+    assert _store_cuts(part(node=1), []) == {}  # c10d: no members
+
+
+def test_etcd_member_addresses_come_from_the_endpoint() -> None:
+    etcd = SimpleNamespace(kind="etcd", endpoint="10.0.0.200:2379,10.0.0.201:2379")
+    c10d = SimpleNamespace(kind="c10d", endpoint="10.0.0.10:29400")
+    assert _etcd_members(etcd) == ["10.0.0.200", "10.0.0.201"]  # type: ignore[arg-type]
+    assert _etcd_members(c10d) == []  # type: ignore[arg-type]
