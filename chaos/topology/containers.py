@@ -273,11 +273,13 @@ class DockerTopology(LocalTopology):
 
     @staticmethod
     def _wait_agent(init_pid: int) -> procs.ProcId | None:
-        """The agent: docker-init's child, which appears a moment after the start."""
+        """The agent: docker-init's child once it has exec'd (until then it is a copy of
+        docker-init, and an exec that fails, e.g. no /bin/sh in a user image, ends it)."""
         deadline = time.monotonic() + _WAIT_S
+        init_comm = procs.comm(init_pid)
         while time.monotonic() < deadline:
             kids = procs.children(init_pid)
-            if kids:
+            if kids and procs.comm(kids[0]) not in (init_comm, None):
                 return procs.identify(kids[0])
             if procs.proc_start(init_pid) is None:
                 return None

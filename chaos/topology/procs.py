@@ -48,6 +48,14 @@ def identify(pid: int) -> ProcId | None:
     return None if start is None else ProcId(pid=pid, start=start)
 
 
+def comm(pid: int) -> str | None:
+    """The process's command name (what it exec'd last), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def parent(pid: int) -> int | None:
     fields = _stat_fields(pid)
     return None if fields is None else int(fields[1])
