@@ -86,8 +86,7 @@ def test_stale_objects_of_a_dead_harness_are_removed_and_live_ones_kept(client: 
                     BUILTIN_IMAGE, ["/x"], name=f"chxtest{tag}-{who}", labels=labels
                 )
             )
-        removed = remove_stale(client)
-        assert f"chxtest{tag}-dead" in removed
+        remove_stale(client)  # (a harness on another xdist worker may beat it to the dead one)
         names = {c.name for c in client.containers.list(all=True, filters={"label": LABEL})}
         nets = {n.name for n in client.networks.list(filters={"label": LABEL})}
         assert f"chxtest{tag}-dead" not in names | nets
