@@ -307,6 +307,10 @@ class DynamicRendezvous:
     def _back_off(self, err: RendezvousConnectionError) -> None:
         """Waits before the next try (a signal ends the wait: Interrupted), or raises the
         give-up error once the store has been unreachable for the whole window."""
+        if self._driver.answered > 0:
+            self._health.reached = True
+        if not self._health.reached:
+            raise err  # never reached at all: a wrong endpoint or a store not up, not an outage
         delay = self._health.failed(err)
         if delay is None:
             if self._health.window_s <= 0:

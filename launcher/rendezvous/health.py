@@ -38,6 +38,10 @@ class StoreHealth:
         self._run_id = run_id
         self._endpoint = endpoint
         self._clock = clock
+        # Whether any store step ever went through. A store never reached is not an outage
+        # to ride out: the first join fails after read_timeout (which bounds connecting),
+        # with the store's own error, as torchrun's does.
+        self.reached = False
 
     def failed(self, err: RendezvousError) -> float | None:
         """A store step failed: seconds to back off before re-running it, or None when the
@@ -60,6 +64,7 @@ class StoreHealth:
 
     def answered(self) -> None:
         """A store step went through: ends the outage under way, if any."""
+        self.reached = True
         if not self._outage.active:  # unlocked peek: the common case costs nothing
             return
         now = self._clock()
