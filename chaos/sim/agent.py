@@ -75,6 +75,7 @@ class Task:
 
     __slots__ = (
         "agent",
+        "awaiting",
         "gen",
         "interrupt",
         "name",
@@ -93,6 +94,7 @@ class Task:
         self.sent_at = 0.0
         self.rtt = 0.0
         self.wrote = False  # sent a write since the current step began (the Driver's `wrote`)
+        self.awaiting = False  # an op of this task is out, its reply not yet back
 
 
 class VirtualAgent:
@@ -111,6 +113,7 @@ class VirtualAgent:
         self.cut_until = 0.0  # partitioned from the store until then
         self.outage = Outage(window_s=sim.cfg.store_outage_timeout_s)  # both threads share it
         self.retry_at = 0.0  # a failed check waits until then
+        self.reached = False  # any op answered: a store never reached is no outage to ride out
         self.info: NodeInfo | None = None
         self.main = Task(self, "main", self._main())
         self.beats = Task(self, "beat", self._beats())
@@ -278,6 +281,8 @@ class VirtualAgent:
             return result
 
     def _back_off(self, err: StoreFailure) -> Generator[Op, Any, None]:
+        if not self.reached:
+            raise GaveUp()  # dynamic._back_off: the first join fails as it did
         delay = self.outage.fail(self.sim.now, str(err))
         if delay is None:
             raise GaveUp()

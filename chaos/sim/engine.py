@@ -123,6 +123,10 @@ class Simulation:
     def _resume(self, task: Task, payload: Any) -> None:
         gen = task.gen
         task.sleeping = False
+        if task.awaiting:  # the reply to its op, or the op's failure
+            task.awaiting = False
+            if not isinstance(payload, BaseException):
+                task.agent.reached = True  # dynamic.py: the Driver's `answered`
         try:
             if payload is _START:
                 op = next(gen)
@@ -156,6 +160,7 @@ class Simulation:
         task.sent_at, task.rtt = now, rtt
         if not task.wrote and is_write(op):
             task.wrote = True
+        task.awaiting = True
         heal = task.agent.cut_until
         if heal > now:  # partitioned: TCP holds the request until the link heals
             self._hold(task, op, heal + rtt * 0.5)
