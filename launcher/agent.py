@@ -154,7 +154,7 @@ class Agent:
     # -- the loop --------------------------------------------------------------------------
     def _loop(self) -> AgentResult:
         self._rendezvous = rdzv = create_rendezvous(
-            self.config, node_id=self.node_id, interrupt_fd=self.inbox.read_fd
+            self.config, node_id=self.node_id, interrupt_fd=self.inbox.read_fd, events=self.events
         )
         wake = rdzv.wakeup_fd()
         if wake is not None:

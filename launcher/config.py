@@ -68,6 +68,11 @@ class RendezvousOptions:
     keep_alive_interval_s: float = 1.0
     keep_alive_max_attempt: int = 3
     read_timeout_s: float = 60.0
+    # How long an agent keeps retrying a store it cannot reach before it gives up (0: at
+    # the first failure, as torchrun does). rendezvous/state/outage.py's DEFAULT_WINDOW_S
+    # (why 30 s is said there; that package imports this module, so the value is repeated
+    # here and a unit test keeps the two equal).
+    store_outage_timeout_s: float = 30.0
     timeout_s: float = 900.0
     is_host: bool | None = None
     store_type: str = "tcp"
@@ -83,8 +88,11 @@ _DURATION_KEYS = {
     "heartbeat": "heartbeat_timeout_s",
     "keep_alive_interval": "keep_alive_interval_s",
     "read_timeout": "read_timeout_s",
+    "store_outage_timeout": "store_outage_timeout_s",
     "timeout": "timeout_s",
 }
+# A duration key for which 0 means something: give up at the first store failure.
+_ZERO_ALLOWED = frozenset({"store_outage_timeout"})
 # Accepted and passed through to the backend that understands them (etcd TLS and prefix).
 _PASSTHROUGH_KEYS = frozenset(
     {"protocol", "ssl_cert", "ssl_cert_key", "ca_cert", "cert", "key", "cacert", "etcd_prefix"}
@@ -114,8 +122,11 @@ def _as_number(key: str, value: str, *, integer: bool) -> float:
         raise ConfigError(
             f"option {key!r} must be {kind}, got {value!r}", flag="--rdzv-conf"
         ) from None
-    if number <= 0 and key != "rank":
-        raise ConfigError(f"option {key!r} must be positive, got {value!r}", flag="--rdzv-conf")
+    if key == "rank":
+        return number
+    if number < 0 or (number == 0 and key not in _ZERO_ALLOWED):
+        which = "non-negative" if key in _ZERO_ALLOWED else "positive"
+        raise ConfigError(f"option {key!r} must be {which}, got {value!r}", flag="--rdzv-conf")
     return number
 
 

@@ -24,6 +24,8 @@ AGENT_SIGNAL = "agent.signal.received"
 AGENT_EXIT = "agent.exit"
 RDZV_ROUND_COMPLETE = "rendezvous.round.complete"
 RDZV_CHANGED = "rendezvous.membership.changed"
+RDZV_STORE_LOST = "rendezvous.store.lost"
+RDZV_STORE_RESTORED = "rendezvous.store.restored"
 WORKER_STARTED = "worker.started"
 WORKER_EXITED = "worker.exited"
 GROUP_FAILED = "group.failed"
@@ -38,6 +40,8 @@ KNOWN_EVENTS = frozenset(
         AGENT_EXIT,
         RDZV_ROUND_COMPLETE,
         RDZV_CHANGED,
+        RDZV_STORE_LOST,
+        RDZV_STORE_RESTORED,
         WORKER_STARTED,
         WORKER_EXITED,
         GROUP_FAILED,

@@ -97,7 +97,14 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     valued("--rdzv-endpoint", default="", help="Rendezvous endpoint host[:port].")
     valued("--rdzv-id", default="none", help="Job id shared by all nodes.")
-    valued("--rdzv-conf", default="", help="Rendezvous options key1=value1,key2=value2.")
+    valued(
+        "--rdzv-conf",
+        default="",
+        help="Rendezvous options key1=value1,key2=value2, e.g. join_timeout, "
+        "last_call_timeout, keep_alive_interval, read_timeout, store_outage_timeout "
+        "(seconds to keep retrying an unreachable store, default 30; 0: give up at once); "
+        "see docs/rendezvous.md.",
+    )
     boolean("--standalone", underscore=False, help="Single-node job on a free local port.")
     valued("--max-restarts", default=0, type=int, help="Worker group restarts allowed on failure.")
     valued(

@@ -35,6 +35,7 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    argv: tuple[str, ...] = ()  # how it was started (restart uses it again)
 
     @property
     def client_url(self) -> str:
@@ -139,13 +140,18 @@ class EtcdCluster:
                 "--logger=zap",
                 "--log-level=warn",
             ]
-            with member.log_path.open("wb") as log:
-                member.proc = subprocess.Popen(
-                    _die_with_parent(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+            member.argv = tuple(argv)
+            self._launch(member)
+
+    @staticmethod
+    def _launch(member: Member) -> None:
+        with member.log_path.open("ab") as log:
+            member.proc = subprocess.Popen(
+                _die_with_parent(list(member.argv)),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def _wait_healthy(self, deadline: float) -> str | None:
         """None once every member is healthy, else what went wrong (bounded by deadline)."""
@@ -168,6 +174,19 @@ class EtcdCluster:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+    def restart(self, index: int, timeout_s: float = 30.0) -> None:
+        """Starts member `index` again (after `kill`) on its ports and data dir: it keeps
+        its data, as a restarted etcd does. Waits, bounded, until it is healthy."""
+        member = self.members[index]
+        if member.alive:
+            raise RuntimeError(f"{member.name} is still running")
+        self._launch(member)
+        deadline = time.monotonic() + timeout_s
+        while not member.healthy():
+            if not member.alive or time.monotonic() >= deadline:
+                raise RuntimeError(f"{member.name} did not come back: {member.log_tail()}")
+            time.sleep(0.05)  # polling a server that is starting
 
     def status(self, index: int) -> dict[str, Any]:
         return dict(http_json(f"{self.members[index].client_url}/v3/maintenance/status", {}))

@@ -10,15 +10,18 @@ clock, running the launcher's own protocol generators (launcher.rendezvous.state
 Both threads are generators that yield the protocol's ops and `Sleep`s; the engine runs
 each as a task. A store op with no reply (lost, partitioned past the read timeout) is
 thrown into the thread as StoreFailure, where the real Driver raises
-RendezvousConnectionError: the main thread then exits (so does the real agent: the node
-is lost to the job), the beat thread counts it and gives up after three in a row.
+RendezvousConnectionError. As in dynamic.py, the failed step is re-run from its start after
+a backoff (a join that had sent a write first retires this id: `retire`, a new id), a
+failed check waits for a later monitor tick, and both threads share one `Outage`: once the
+store has been unreachable for store_outage_timeout_s the agent exits ("store_error").
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from launcher.rendezvous.state import (
     FAILED,
@@ -27,28 +30,30 @@ from launcher.rendezvous.state import (
     JobOver,
     NodeInfo,
     Op,
+    Outage,
     Params,
     RendezvousTimeout,
     Sleep,
     WatchState,
     check_round,
+    conclude,
     declared_dead,
-    finish,
+    goodbye,
     heartbeat,
     join,
     leave,
     report_failure,
+    retire,
 )
 
 if TYPE_CHECKING:
     from chaos.sim.engine import Simulation
 
 Program = Generator[Op, Any, None]
+T = TypeVar("T")
 
 # Agent states, as the checker and the liveness check see them.
 WAITING, JOINING, RUNNING, STOPPING, GONE = "waiting", "joining", "running", "stopping", "gone"
-# dynamic.py: heartbeat failures in a row after which the agent gives up on the store.
-MAX_STORE_FAILURES = 3
 # dynamic.py's EXIT_BARRIER_TIMEOUT_S: how long a finishing member waits for the job's end.
 EXIT_BARRIER_TIMEOUT_S = 300.0
 
@@ -61,10 +66,25 @@ class Interrupted(Exception):
     """SIGTERM reached the agent while it slept (launcher.rendezvous.driver.Interrupted)."""
 
 
+class GaveUp(Exception):
+    """The store stayed unreachable for the whole window (dynamic.py's give-up error)."""
+
+
 class Task:
     """One thread of one agent: its generator and the bookkeeping of its one pending op."""
 
-    __slots__ = ("agent", "gen", "interrupt", "name", "rtt", "sent_at", "sleeping", "token")
+    __slots__ = (
+        "agent",
+        "awaiting",
+        "gen",
+        "interrupt",
+        "name",
+        "rtt",
+        "sent_at",
+        "sleeping",
+        "token",
+        "wrote",
+    )
 
     def __init__(self, agent: VirtualAgent, name: str, gen: Program) -> None:
         self.agent, self.name, self.gen = agent, name, gen
@@ -73,6 +93,8 @@ class Task:
         self.interrupt = False  # throw Interrupted at the next Sleep
         self.sent_at = 0.0
         self.rtt = 0.0
+        self.wrote = False  # sent a write since the current step began (the Driver's `wrote`)
+        self.awaiting = False  # an op of this task is out, its reply not yet back
 
 
 class VirtualAgent:
@@ -89,6 +111,9 @@ class VirtualAgent:
         self.sigterm = False
         self.paused_until = 0.0
         self.cut_until = 0.0  # partitioned from the store until then
+        self.outage = Outage(window_s=sim.cfg.store_outage_timeout_s)  # both threads share it
+        self.retry_at = 0.0  # a failed check waits until then
+        self.reached = False  # any op answered: a store never reached is no outage to ride out
         self.info: NodeInfo | None = None
         self.main = Task(self, "main", self._main())
         self.beats = Task(self, "beat", self._beats())
@@ -117,35 +142,16 @@ class VirtualAgent:
         try:
             while True:
                 self.state = JOINING
-                if self.assignment is not None and (yield from declared_dead(p, self.node_id)):
+                if self.assignment is not None and (
+                    yield from self._retrying(partial(declared_dead, p, self.node_id))
+                ):
                     # dynamic.next_round: peers gave this incarnation up (a long pause).
                     self.sim.on_declared_dead(self)
                     self.node_id = self._new_id()
                     self.assignment = None
-                prev = self.assignment
-                self.info = info = NodeInfo(
-                    node_id=self.node_id,
-                    addr=self.addr,
-                    master_port=sim.next_port(),
-                    nproc=self.nproc,
-                    prev_round=prev.round if prev else -1,
-                    prev_group_rank=prev.group_rank if prev else -1,
-                )
-                try:
-                    result = yield from join(p, info, now=sim.now)
-                except RendezvousTimeout:
-                    self.exit("rendezvous_timeout")
+                result = yield from self._join(p)
+                if result is None:
                     return
-                if isinstance(result, JobOver):
-                    self.exit("spare_done")
-                    return
-                if isinstance(result, Excluded):
-                    # dynamic.next_round: declared dead while the round formed, the closer
-                    # left this identity out; join again as a new one.
-                    self.sim.on_declared_dead(self)
-                    self.node_id = self._new_id()
-                    self.assignment = None
-                    continue
                 self.assignment = result
                 self.watch = WatchState(
                     round=result.round,
@@ -155,69 +161,149 @@ class VirtualAgent:
                 )
                 self.news = None
                 self.state = RUNNING
-                sim.on_assignment(self, info, result)
+                assert self.info is not None
+                sim.on_assignment(self, self.info, result)
                 sim.start_beats(self)  # dynamic.py starts its heartbeat thread here, once
                 if result.status == FAILED:
                     self.beats.token += 1  # finish() stops the heartbeat thread first
-                    yield from finish(
-                        p,
-                        result,
-                        hosting=False,
-                        timeout_s=EXIT_BARRIER_TIMEOUT_S,
-                        now=sim.now,
-                        succeeded=False,
-                    )
+                    with contextlib.suppress(GaveUp, StoreFailure):  # logged, as dynamic does
+                        until = sim.now + EXIT_BARRIER_TIMEOUT_S
+                        yield from self._retrying(
+                            partial(conclude, p, result, until=until, succeeded=False)
+                        )
+                        yield from goodbye(
+                            p, result, hosting=False, timeout_s=EXIT_BARRIER_TIMEOUT_S
+                        )
                     self.exit("budget_spent")
                     return
                 failed = yield from self._monitor(p)
                 self.state = STOPPING
                 yield Sleep(sim.cfg.worker_stop_s)
-                if failed and self.assignment is not None:
-                    detail = f"rank {self.assignment.base_rank} exit code 1 on {self.node_id}"
-                    yield from report_failure(p, self.assignment, by=self.node_id, detail=detail)
+                if failed and (a := self.assignment) is not None:
+                    detail = f"rank {a.base_rank} exit code 1 on {self.node_id}"
+                    yield from self._retrying(
+                        partial(report_failure, p, a, by=self.node_id, detail=detail)
+                    )
         except Interrupted:
             self.main.interrupt = False
             with contextlib.suppress(StoreFailure):  # dynamic.leave logs it and exits anyway
                 yield from leave(p, self.assignment, me=self.node_id)
             self.exit("left")
-        except StoreFailure:
+        except (GaveUp, StoreFailure):
             self.exit("store_error")
+
+    def _join(self, p: Params) -> Generator[Op, Any, Assignment | None]:
+        """dynamic.next_round's loop: an assignment, or None once the agent has exited."""
+        sim = self.sim
+        started = sim.now
+        while True:
+            prev = self.assignment
+            self.info = info = NodeInfo(
+                node_id=self.node_id,
+                addr=self.addr,
+                master_port=sim.next_port(),
+                nproc=self.nproc,
+                prev_round=prev.round if prev else -1,
+                prev_group_rank=prev.group_rank if prev else -1,
+            )
+            self.main.wrote = False
+            try:
+                result = yield from join(p, info, now=started)
+            except RendezvousTimeout:
+                self.exit("rendezvous_timeout")
+                return None
+            except StoreFailure as err:
+                wrote = self.main.wrote
+                yield from self._back_off(err)
+                if wrote:
+                    # dynamic._retire_identity: the failed join may hold a slot under this id.
+                    old = self.node_id
+                    if (yield from self._retrying(partial(retire, p, old))):
+                        self.sim.on_declared_dead(self)
+                        self.assignment = None
+                    self.node_id = self._new_id()
+                continue
+            self._answered()
+            if isinstance(result, JobOver):
+                self.exit("spare_done")
+                return None
+            if isinstance(result, Excluded):
+                # dynamic.next_round: declared dead while the round formed, the closer
+                # left this identity out; join again as a new one.
+                self.sim.on_declared_dead(self)
+                self.node_id = self._new_id()
+                self.assignment = None
+                started = sim.now
+                continue
+            return result
 
     def _monitor(self, p: Params) -> Generator[Op, Any, bool]:
         """agent._monitor: True if a local worker failed, False on a membership change."""
+        sim = self.sim
         while True:
-            yield Sleep(self.sim.cfg.monitor_interval_s)
+            yield Sleep(sim.cfg.monitor_interval_s)
             if self.worker_failed:
                 self.worker_failed = False
                 return True
             news = self.news
             if news == "store_unreachable":
-                raise StoreFailure("lost the rendezvous store (heartbeats failing)")
+                raise GaveUp()
             if news == "declared_dead":
                 # Peers gave up on this incarnation (a long pause): come back as a new one.
                 self.sim.on_declared_dead(self)
                 self.node_id = self._new_id()
                 self.assignment = None
                 return False
-            if self.assignment is None:
+            if self.assignment is None or sim.now < self.retry_at:
                 continue
-            reason = yield from check_round(p, self.assignment.round)
+            try:
+                reason = yield from check_round(p, self.assignment.round)
+            except StoreFailure as err:
+                # dynamic.check: the workers run on; a later tick tries again.
+                delay = self.outage.fail(sim.now, str(err))
+                if delay is None:
+                    raise GaveUp() from err
+                self.retry_at = sim.now + delay
+                continue
+            self._answered()
             if reason is not None:
                 return False
+
+    def _retrying(self, make: Callable[[], Generator[Op, Any, T]]) -> Generator[Op, Any, T]:
+        """dynamic._retrying: re-runs a step from its start while the store is out."""
+        while True:
+            try:
+                result = yield from make()
+            except StoreFailure as err:
+                yield from self._back_off(err)
+                continue
+            self._answered()
+            return result
+
+    def _back_off(self, err: StoreFailure) -> Generator[Op, Any, None]:
+        if not self.reached:
+            raise GaveUp()  # dynamic._back_off: the first join fails as it did
+        delay = self.outage.fail(self.sim.now, str(err))
+        if delay is None:
+            raise GaveUp()
+        yield Sleep(delay)
+
+    def _answered(self) -> None:
+        self.outage.recover(self.sim.now)
 
     # -- the heartbeat thread (dynamic._heartbeats) ------------------------------------------
     def _beats(self) -> Program:
         sim, p = self.sim, self.sim.params
-        failures = 0
         while True:
             yield Sleep(p.keep_alive_interval_s)
             watch, me = self.watch, self.node_id
             try:
                 news = yield from heartbeat(p, me, watch, now=sim.now)
-                failures = 0
-            except StoreFailure:
-                failures += 1
-                news = "store_unreachable" if failures >= MAX_STORE_FAILURES else None
+            except StoreFailure as err:
+                gone = self.outage.fail(sim.now, str(err)) is None
+                news = "store_unreachable" if gone else None
+            else:
+                self._answered()
             if news == "declared_dead" and me != self.node_id:
                 news = None  # the main thread already left that identity behind
             if news is not None:

@@ -21,6 +21,7 @@ from chaos.sim.config import SimConfig
 from chaos.sim.faults import FaultSpecError, draw, parse_faults
 from chaos.sim.result import SimResult, simulate
 from chaos.sim.sweep import SIZES, Point, scaling_svg, sweep
+from launcher.rendezvous.state import DEFAULT_WINDOW_S
 
 EPILOG = """\
 faults (comma separated, times in virtual seconds):
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--start-spread", type=float, default=1.0, help="agents start within (s)")
     ap.add_argument("--read-timeout", type=float, default=60.0, help="store op timeout (s)")
+    ap.add_argument(
+        "--store-outage",
+        type=float,
+        default=DEFAULT_WINDOW_S,
+        help="store_outage_timeout: how long an agent retries an unreachable store (s)",
+    )
     ap.add_argument("--last-call", type=float, default=30.0, help="last_call_timeout (s)")
     ap.add_argument("--keep-alive", type=float, default=1.0, help="keep_alive_interval (s)")
     ap.add_argument("--until", type=float, help="stop at this virtual time (s)")
@@ -104,6 +111,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         store_ops_per_s=args.store_ops_per_s,
         start_spread_s=args.start_spread,
         read_timeout_s=args.read_timeout,
+        store_outage_timeout_s=args.store_outage,
         last_call_timeout_s=args.last_call,
         keep_alive_interval_s=args.keep_alive,
         until_s=args.until,
@@ -158,6 +166,7 @@ def replay(args: argparse.Namespace, result: SimResult) -> str:
         "store_ops_per_s",
         "start_spread",
         "read_timeout",
+        "store_outage",
         "last_call",
         "keep_alive",
         "until",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chaos.sim.faults import Fault
-from launcher.rendezvous.state import Params
+from launcher.rendezvous.state import DEFAULT_WINDOW_S, Params
 
 _DEFAULTS = Params(run_id="sim", min_nodes=1, max_nodes=1, max_restarts=0)
 
@@ -40,8 +40,10 @@ class SimConfig:
     bandwidth_bytes_per_s: float = 125e6
     store_ops_per_s: float = 0.0
     # A store op that gets no reply fails after read_timeout_s (the real agent's
-    # --rdzv-conf read_timeout): the agent then exits, as the real one does.
+    # --rdzv-conf read_timeout). The agent re-runs the failed step with backoff and exits
+    # once the store has been unreachable for store_outage_timeout_s, as the real one does.
     read_timeout_s: float = 60.0
+    store_outage_timeout_s: float = DEFAULT_WINDOW_S
     # Protocol options (the launcher's defaults).
     join_timeout_s: float = _DEFAULTS.join_timeout_s
     last_call_timeout_s: float = _DEFAULTS.last_call_timeout_s

@@ -32,7 +32,7 @@ from chaos.sim.checks import Checker, liveness_bound_s
 from chaos.sim.config import SimConfig
 from chaos.sim.faults import Fault, quiet_at, resolve
 from chaos.sim.store import SimStore
-from launcher.rendezvous.state import Keys, NodeInfo, Op, Sleep, round_of
+from launcher.rendezvous.state import Keys, NodeInfo, Op, Sleep, is_write, round_of
 
 STEP, ARRIVE, CALL = 0, 1, 2
 _START = object()  # the payload that primes a task's generator
@@ -123,6 +123,10 @@ class Simulation:
     def _resume(self, task: Task, payload: Any) -> None:
         gen = task.gen
         task.sleeping = False
+        if task.awaiting:  # the reply to its op, or the op's failure
+            task.awaiting = False
+            if not isinstance(payload, BaseException):
+                task.agent.reached = True  # dynamic.py: the Driver's `answered`
         try:
             if payload is _START:
                 op = next(gen)
@@ -154,6 +158,9 @@ class Simulation:
         now = self.now
         rtt = self._rtts[int(self.rng.random() * _QUANTILES)] * self.latency_factor
         task.sent_at, task.rtt = now, rtt
+        if not task.wrote and is_write(op):
+            task.wrote = True
+        task.awaiting = True
         heal = task.agent.cut_until
         if heal > now:  # partitioned: TCP holds the request until the link heals
             self._hold(task, op, heal + rtt * 0.5)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from launcher.config import LaunchConfig
+from launcher.events import EventSink
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,11 +63,13 @@ class Rendezvous(Protocol):
     def shutdown(self) -> None: ...
 
 
-def create_rendezvous(config: LaunchConfig, *, node_id: str, interrupt_fd: int) -> Rendezvous:
+def create_rendezvous(
+    config: LaunchConfig, *, node_id: str, interrupt_fd: int, events: EventSink | None = None
+) -> Rendezvous:
     if (config.max_nodes == 1 and config.rdzv_backend in ("static", "memory")) or config.standalone:
         from launcher.rendezvous.local import LocalRendezvous
 
         return LocalRendezvous(config, node_id=node_id)
     from launcher.rendezvous.dynamic import DynamicRendezvous
 
-    return DynamicRendezvous(config, node_id=node_id, interrupt_fd=interrupt_fd)
+    return DynamicRendezvous(config, node_id=node_id, interrupt_fd=interrupt_fd, events=events)

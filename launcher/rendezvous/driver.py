@@ -18,6 +18,7 @@ from launcher.rendezvous.state import (
     Op,
     Set,
     Sleep,
+    is_write,
 )
 from launcher.rendezvous.store import Store
 
@@ -57,29 +58,38 @@ class Driver:
         self.store = store
         self._interrupt_fd = interrupt_fd
         self._clock = clock
+        # What the last `run` did before it ended (or failed): how many operations were
+        # answered, and whether it sent a write. A caller re-running a failed step needs
+        # both: a write may have been applied although its reply never came.
+        self.answered = 0
+        self.wrote = False
 
     def run(self, gen: Generator[Op, Feedback, T]) -> T:
+        self.answered, self.wrote = 0, False
         try:
             op = next(gen)
             while True:
                 if isinstance(op, Sleep):
-                    self._sleep(op.seconds)
+                    self.sleep(op.seconds)
                     reply = None
                 else:
+                    self.wrote = self.wrote or is_write(op)
                     try:
                         reply = perform(self.store, op)
+                        self.answered += 1
                     except (RuntimeError, OSError, ValueError) as err:
                         # torch's TCPStore raises these (DistStoreError is a RuntimeError)
                         where = getattr(self.store, "endpoint", "")
                         raise RendezvousConnectionError(
                             f"store operation failed{' at ' + where if where else ''}: "
-                            f"{_first_line(err)}"
+                            f"{first_line(err)}"
                         ) from err
                 op = gen.send((reply, self._clock()))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
+        """Sleeps; raises Interrupted at once if the interrupt fd becomes readable."""
         if self._interrupt_fd is None:
             time.sleep(seconds)
             return
@@ -91,6 +101,6 @@ class Driver:
         return self._clock()
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -16,85 +16,61 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import TypeVar
 
+from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import RendezvousConnectionError, RendezvousTimeoutError
 from launcher.rendezvous import RoundInfo
-from launcher.rendezvous.driver import Driver
+from launcher.rendezvous.backends import open_store
+from launcher.rendezvous.driver import Driver, Interrupted, first_line
+from launcher.rendezvous.health import StoreHealth
 from launcher.rendezvous.local import bind_listener
 from launcher.rendezvous.state import (
     FAILED,
     Assignment,
     Excluded,
+    Feedback,
     JobOver,
     NodeInfo,
+    Op,
     Params,
     RendezvousTimeout,
     WatchState,
     check_round,
+    conclude,
     declared_dead,
-    finish,
+    goodbye,
     heartbeat,
     join,
     leave,
     report_failure,
+    retire,
 )
-from launcher.rendezvous.store import Store
 from launcher.workers.agent_store import AgentStoreServer
 
 log = logging.getLogger(__name__)
 
 EXIT_BARRIER_TIMEOUT_S = 300.0
-# Heartbeat failures in a row after which the agent gives up on an unreachable store.
-_MAX_STORE_FAILURES = 3
-
-
-def open_store(config: LaunchConfig) -> Callable[[], Store]:
-    """Opens the backend's store; returns a factory for more client connections."""
-    opts = config.rdzv
-    backend = config.rdzv_backend
-    if backend in ("c10d", "static"):
-        from launcher.rendezvous.backends.c10d import C10dStore
-
-        is_host = opts.is_host
-        if backend == "static":
-            is_host = config.node_rank == 0
-        timeout = opts.timeout_s if backend == "static" else opts.read_timeout_s
-        first = C10dStore.open(
-            config.rdzv_host,
-            int(config.rdzv_port or 0),
-            is_host=is_host,
-            local_addr=config.local_addr,
-            timeout_s=timeout,
-            run_id=config.run_id,
-        )
-        clones: list[Store] = [first]
-
-        def c10d_factory() -> Store:
-            return clones.pop() if clones else first.clone()
-
-        return c10d_factory
-    if backend in ("etcd", "etcd-v2"):
-        from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
-
-        endpoints = parse_endpoints(config.rdzv_endpoint_text, default_port=2379)
-        protocol = opts.extra.get("protocol", "http")
-
-        def etcd_factory() -> Store:
-            return EtcdStore(
-                endpoints,
-                prefix=opts.extra.get("etcd_prefix", "/launcher/"),
-                timeout_s=opts.read_timeout_s,
-                protocol=protocol,
-            )
-
-        return etcd_factory
-    raise RendezvousConnectionError(f"backend {backend!r} has no multi-node store")
+T = TypeVar("T")
 
 
 class DynamicRendezvous:
-    def __init__(self, config: LaunchConfig, *, node_id: str, interrupt_fd: int) -> None:
+    """A store that fails is retried, not given up on: each protocol step that fails is
+    re-run from its start (never a single operation: an `add` or a compare-and-set may have
+    been applied although its reply was lost) after a backoff, until the store has been
+    unreachable for `store_outage_timeout` (health.py). Running workers keep running
+    meanwhile; if peers declared this node dead, it rejoins under a new identity."""
+
+    def __init__(
+        self,
+        config: LaunchConfig,
+        *,
+        node_id: str,
+        interrupt_fd: int,
+        events: ev.EventSink | None = None,
+    ) -> None:
         self._config = config
         opts = config.rdzv
         self.params = Params(
@@ -115,6 +91,13 @@ class DynamicRendezvous:
         self._store = factory()
         self._hosting = bool(getattr(self._store, "hosting", False))
         self._driver = Driver(self._store, interrupt_fd=interrupt_fd)
+        self._health = StoreHealth(
+            window_s=opts.store_outage_timeout_s,
+            events=events or ev.NullEventSink(),
+            run_id=config.run_id,
+            endpoint=config.rdzv_endpoint,
+        )
+        self._retry_at = 0.0  # check() backs off until then after a failed check
         self._hb_store = factory()
         self.assignment: Assignment | None = None
         self._server: AgentStoreServer | None = None
@@ -132,14 +115,15 @@ class DynamicRendezvous:
 
     # -- the Rendezvous interface --------------------------------------------------------
     def next_round(self) -> RoundInfo | None:
-        if self.assignment is not None and self._driver.run(
-            declared_dead(self.params, self.node_id)
+        if self.assignment is not None and self._retrying(
+            lambda: declared_dead(self.params, self.node_id)
         ):
             # e.g. this node was paused long enough for its watcher to give up on it
             self.node_id = self._new_id()
             self.assignment = None
         listener = bind_listener(self.addr, 0, flag="--local-addr")
         try:
+            started = self._driver.now()
             while True:
                 prev = self.assignment
                 info = NodeInfo(
@@ -151,7 +135,16 @@ class DynamicRendezvous:
                     prev_group_rank=prev.group_rank if prev else -1,
                     node_rank=self._config.node_rank,
                 )
-                result = self._driver.run(join(self.params, info, now=self._driver.now()))
+                try:
+                    # A retry keeps the first try's start: join_timeout bounds them all.
+                    result = self._driver.run(join(self.params, info, now=started))
+                except RendezvousConnectionError as err:
+                    wrote = self._driver.wrote
+                    self._back_off(err)
+                    if wrote:
+                        self._retire_identity()
+                    continue
+                self._health.answered()
                 if not isinstance(result, Excluded):
                     break
                 # Declared dead while the round formed (e.g. cut off from the store for
@@ -162,6 +155,7 @@ class DynamicRendezvous:
                 )
                 self.node_id = self._new_id()
                 self.assignment = None
+                started = self._driver.now()
         except RendezvousTimeout as err:
             listener.close()
             raise RendezvousTimeoutError(
@@ -213,49 +207,71 @@ class DynamicRendezvous:
         with self._lock:
             news, assignment = self._news, self.assignment
         if news == "store_unreachable":
-            raise RendezvousConnectionError(
-                "lost the rendezvous store (heartbeats failing)",
-                run_id=self.params.run_id,
-                endpoint=self._config.rdzv_endpoint,
-            )
+            raise self._health.give_up()  # the heartbeat thread saw the window end
         if news == "declared_dead":
             # Peers gave up on this incarnation (a long pause); come back as a new one.
             self.node_id = self._new_id()
             self.assignment = None
             return news
-        if assignment is None:
+        if assignment is None or self._driver.now() < self._retry_at:
             return None
-        return self._driver.run(check_round(self.params, assignment.round))
+        try:
+            reason = self._driver.run(check_round(self.params, assignment.round))
+        except RendezvousConnectionError as err:
+            # The workers run on without the store; the next monitor tick after the
+            # backoff checks again (blocking here would leave the workers unwatched).
+            delay = self._health.failed(err)
+            if delay is None:
+                raise self._health.give_up() from err
+            self._retry_at = self._driver.now() + delay
+            return None
+        self._health.answered()
+        return reason
 
     def wakeup_fd(self) -> int | None:
         return self._wake_r
 
     def report_failure(self, detail: str) -> None:
-        if self.assignment is not None:
-            self._driver.run(
-                report_failure(self.params, self.assignment, by=self.node_id, detail=detail)
-            )
+        a = self.assignment
+        if a is None:
+            return
+        try:
+            # Re-running it is safe: it bumps only the round it read, by compare-and-set.
+            self._retrying(lambda: report_failure(self.params, a, by=self.node_id, detail=detail))
+        except Interrupted:
+            return  # a signal: the agent's loop handles it next
 
     def finish(self, *, succeeded: bool = True) -> None:
         a = self.assignment
         if a is None:
             return
         self._stop.set()  # this node is done: no more heartbeats or watching
-        try:
-            outcome = self._driver.run(
-                finish(
-                    self.params,
-                    a,
-                    hosting=self._hosting,
-                    timeout_s=EXIT_BARRIER_TIMEOUT_S,
-                    now=self._driver.now(),
-                    succeeded=succeeded,
+        until = self._driver.now() + EXIT_BARRIER_TIMEOUT_S
+        counted = False
+        while True:
+            try:
+                outcome = self._driver.run(
+                    conclude(self.params, a, until=until, succeeded=succeeded, counted=counted)
                 )
+                break
+            except RendezvousConnectionError as err:
+                # The count is conclude's first operation: once answered, a re-run must
+                # only read it, or this member would count twice.
+                counted = counted or self._driver.answered > 0
+                try:
+                    self._back_off(err)
+                except (RendezvousConnectionError, Interrupted) as final:
+                    # Our workers succeeded; a store gone at the very end must not turn
+                    # that into a failure (torchrun's exit barrier logs and ignores it too).
+                    log.warning("exit barrier: %s", final)
+                    return
+        self._health.answered()
+        try:
+            self._driver.run(
+                goodbye(self.params, a, hosting=self._hosting, timeout_s=EXIT_BARRIER_TIMEOUT_S)
             )
         except RendezvousConnectionError as err:
-            # Our workers succeeded; a store gone at the very end must not turn that into
-            # a failure (torchrun's exit barrier logs and ignores this too).
-            log.warning("exit barrier: %s", err)
+            log.warning("exit barrier: %s", err)  # the job is over: not worth a retry
             return
         if outcome not in ("succeeded", FAILED):
             log.warning("exit barrier ended with %s", outcome)
@@ -276,6 +292,41 @@ class DynamicRendezvous:
         os.close(self._wake_w)
 
     # -- internals -----------------------------------------------------------------------
+    def _retrying(self, step: Callable[[], Generator[Op, Feedback, T]]) -> T:
+        """Runs a protocol step, re-running it from its start while the store is out.
+        Only for steps that are safe to re-run (they read before they write)."""
+        while True:
+            try:
+                result = self._driver.run(step())
+            except RendezvousConnectionError as err:
+                self._back_off(err)
+                continue
+            self._health.answered()
+            return result
+
+    def _back_off(self, err: RendezvousConnectionError) -> None:
+        """Waits before the next try (a signal ends the wait: Interrupted), or raises the
+        give-up error once the store has been unreachable for the whole window."""
+        if self._driver.answered > 0:
+            self._health.reached = True
+        if not self._health.reached:
+            raise err  # never reached at all: a wrong endpoint or a store not up, not an outage
+        delay = self._health.failed(err)
+        if delay is None:
+            if self._health.window_s <= 0:
+                raise err  # store_outage_timeout=0: the first failure, as it was
+            raise self._health.give_up() from err
+        self._driver.sleep(delay)
+
+    def _retire_identity(self) -> None:
+        """After a join that failed half-way: this id may hold a slot, so join again under
+        a new one (see state.retire); as a newcomer if peers declared it dead meanwhile."""
+        old = self.node_id
+        if self._retrying(lambda: retire(self.params, old)):
+            self.assignment = None
+        self.node_id = self._new_id()
+        log.info("the store failed during a join; joining again as %s", self.node_id)
+
     def _serve_workers_store(self, a: Assignment, listener: socket.socket) -> None:
         if self._server is not None:
             self._server.stop()
@@ -288,18 +339,21 @@ class DynamicRendezvous:
 
     def _heartbeats(self) -> None:
         driver = Driver(self._hb_store)
-        failures = 0
         interval = self.params.keep_alive_interval_s
         while not self._stop.wait(interval):
             with self._lock:
                 watch, me = self._watch, self.node_id
             try:
                 news = driver.run(heartbeat(self.params, me, watch, now=time.monotonic()))
-                failures = 0
             except (RendezvousConnectionError, RuntimeError, OSError, ValueError) as err:
-                failures += 1
-                log.warning("heartbeat to the rendezvous store failed (%d): %s", failures, err)
-                news = "store_unreachable" if failures >= _MAX_STORE_FAILURES else None
+                if not isinstance(err, RendezvousConnectionError):
+                    err = RendezvousConnectionError(first_line(err))
+                log.debug("heartbeat to the rendezvous store failed: %s", err)
+                # Beats carry on every interval; the agent gives up only once the store
+                # has been unreachable for the whole window (the main thread raises).
+                news = "store_unreachable" if self._health.failed(err) is None else None
+            else:
+                self._health.answered()
             if news is not None:
                 with self._lock:
                     if news == "declared_dead" and self.node_id != me:

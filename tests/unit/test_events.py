@@ -37,3 +37,9 @@ def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
 def test_newer_schema_is_refused() -> None:
     with pytest.raises(ValueError, match="newer"):
         ev.Event.from_json(json.dumps({"v": ev.SCHEMA_VERSION + 1, "event": "x"}))
+
+
+def test_every_event_name_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "event-log.md").read_text()
+    missing = sorted(name for name in ev.KNOWN_EVENTS if f"| `{name}` |" not in doc)
+    assert missing == [], f"add these to the events table of docs/event-log.md: {missing}"

@@ -82,12 +82,29 @@ def test_a_long_pause_gets_the_node_declared_dead_and_it_comes_back_new() -> Non
     assert any(m.startswith("n3-") and m != "n3-1" for m in final.members)
 
 
-def test_partition_and_lost_replies_kill_only_those_agents() -> None:
+def test_a_partitioned_agent_rides_it_out_and_comes_back_new() -> None:
+    # Cut off for 20 s, within the default 30 s store_outage_timeout: its ops fail after
+    # the read timeout and are retried; its watcher declared it dead meanwhile, so it
+    # rejoins under a new id and a scale-up round takes it back.
     cut = simulate(cfg(5, "partition:4@3+20", read_timeout_s=5.0, allow=KNOWN))
+    assert cut.ok and cut.exits == {} and cut.declared_dead == 1
+    final = cut.rounds[-1]
+    assert final.size == 5 and final.reason == "scale_up" and cut.liveness.held
+    assert any(m.startswith("n4-") and m != "n4-1" for m in final.members)
+    lost = simulate(cfg(5, "drop:0.3@3+0.5", read_timeout_s=2.0, allow=KNOWN))
+    assert lost.ok and lost.exits == {}
+
+
+def test_an_outage_past_the_window_kills_only_those_agents() -> None:
+    cut = simulate(
+        cfg(5, "partition:4@3+20", read_timeout_s=5.0, store_outage_timeout_s=5.0, allow=KNOWN)
+    )
     assert cut.ok and cut.exits == {"store_error": 1}
     assert cut.rounds[-1].size == 4 and cut.liveness.held
-    lost = simulate(cfg(5, "drop:0.3@3+0.5", read_timeout_s=2.0, allow=KNOWN))
-    assert lost.ok and set(lost.exits) <= {"store_error"}
+    at_once = simulate(
+        cfg(5, "drop:0.3@3+0.5", read_timeout_s=2.0, store_outage_timeout_s=0.0, allow=KNOWN)
+    )
+    assert at_once.ok and set(at_once.exits) <= {"store_error"}
 
 
 def test_late_joiner_scales_the_job_up() -> None:

@@ -1,5 +1,59 @@
 """Rendezvous store backends, each imported lazily by name (`etcd` needs no extra package).
 
+c10d     C10dStore: torch's TCPStore, hosted by one agent (also the `static` backend's store)
 etcd     EtcdStore: a real etcd (>= 3.4) cluster through its v3 JSON gateway, with failover
          across members (standard library only)
+
+`open_store(config)` opens the configured one.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from launcher.config import LaunchConfig
+from launcher.errors import RendezvousConnectionError
+from launcher.rendezvous.store import Store
+
+
+def open_store(config: LaunchConfig) -> Callable[[], Store]:
+    """Opens the backend's store; returns a factory for more client connections."""
+    opts = config.rdzv
+    backend = config.rdzv_backend
+    if backend in ("c10d", "static"):
+        from launcher.rendezvous.backends.c10d import C10dStore
+
+        is_host = opts.is_host
+        if backend == "static":
+            is_host = config.node_rank == 0
+        timeout = opts.timeout_s if backend == "static" else opts.read_timeout_s
+        first = C10dStore.open(
+            config.rdzv_host,
+            int(config.rdzv_port or 0),
+            is_host=is_host,
+            local_addr=config.local_addr,
+            timeout_s=timeout,
+            run_id=config.run_id,
+        )
+        clones: list[Store] = [first]
+
+        def c10d_factory() -> Store:
+            return clones.pop() if clones else first.clone()
+
+        return c10d_factory
+    if backend in ("etcd", "etcd-v2"):
+        from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
+
+        endpoints = parse_endpoints(config.rdzv_endpoint_text, default_port=2379)
+        protocol = opts.extra.get("protocol", "http")
+
+        def etcd_factory() -> Store:
+            return EtcdStore(
+                endpoints,
+                prefix=opts.extra.get("etcd_prefix", "/launcher/"),
+                timeout_s=opts.read_timeout_s,
+                protocol=protocol,
+            )
+
+        return etcd_factory
+    raise RendezvousConnectionError(f"backend {backend!r} has no multi-node store")

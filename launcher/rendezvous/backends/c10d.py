@@ -53,11 +53,23 @@ def endpoint_is_local(host: str, local_addr: str | None) -> bool:
     return bool(targets & _local_addresses())
 
 
+# A client whose connection broke connects again on its next operation, waiting at most
+# this long: TCPStore never reconnects by itself, and a retry must stay short while the
+# host is unreachable (the agent retries with backoff until store_outage_timeout).
+_RECONNECT_TIMEOUT_S = 2.0
+
+
 class C10dStore:
-    def __init__(self, store: Any, *, endpoint: str, hosting: bool) -> None:
+    def __init__(
+        self, store: Any, *, endpoint: str, hosting: bool, timeout_s: float = 60.0
+    ) -> None:
         self._store = store
+        # The hosting TCPStore object runs the server: it must outlive any reconnect.
+        self._server = store if hosting else None
         self.endpoint = endpoint
         self.hosting = hosting
+        self._timeout_s = timeout_s
+        self._broken = False
 
     @classmethod
     def open(
@@ -86,7 +98,7 @@ class C10dStore:
                     timeout=timeout,
                     use_libuv=True,
                 )
-                return cls(store, endpoint=endpoint, hosting=True)
+                return cls(store, endpoint=endpoint, hosting=True, timeout_s=timeout_s)
             except (RuntimeError, ValueError, OSError) as err:
                 if is_host:
                     raise RendezvousConnectionError(
@@ -112,36 +124,67 @@ class C10dStore:
                 run_id=run_id,
                 endpoint=endpoint,
             ) from err
-        return cls(store, endpoint=endpoint, hosting=False)
+        return cls(store, endpoint=endpoint, hosting=False, timeout_s=timeout_s)
 
     def clone(self) -> C10dStore:
         """Another client connection (for a second thread)."""
-        return C10dStore(self._store.clone(), endpoint=self.endpoint, hosting=False)
+        return C10dStore(
+            self._live().clone(), endpoint=self.endpoint, hosting=False, timeout_s=self._timeout_s
+        )
+
+    def _live(self) -> Any:
+        """The connection, made again first if the last operation broke it."""
+        if self._broken:
+            import torch.distributed as dist
+
+            host, _, port = self.endpoint.rpartition(":")
+            store = dist.TCPStore(  # type: ignore[attr-defined]
+                host.strip("[]"),
+                int(port),
+                is_master=False,
+                timeout=datetime.timedelta(seconds=min(self._timeout_s, _RECONNECT_TIMEOUT_S)),
+                use_libuv=True,
+            )
+            store.set_timeout(datetime.timedelta(seconds=self._timeout_s))
+            self._store, self._broken = store, False
+            log.info("reconnected to the rendezvous store at %s", self.endpoint)
+        return self._store
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._live(), name)(*args)
+        except (RuntimeError, OSError, ValueError):
+            # A reset or timed-out connection stays broken in TCPStore; connect again on
+            # the next operation. The failing operation itself is not replayed here: it
+            # may have been applied, and only the protocol step can re-run safely.
+            self._broken = True
+            raise
 
     def get(self, key: str) -> str | None:
-        if not self._store.check([key]):
+        if not self._call("check", [key]):
             return None
-        return bytes(self._store.get(key)).decode()
+        return bytes(self._call("get", key)).decode()
 
     def multi_get(self, keys: Sequence[str]) -> list[str | None]:
         if not keys:
             return []
-        if self._store.check(list(keys)):
-            return [bytes(v).decode() for v in self._store.multi_get(list(keys))]
+        if self._call("check", list(keys)):
+            return [bytes(v).decode() for v in self._call("multi_get", list(keys))]
         return [self.get(key) for key in keys]
 
     def set(self, key: str, value: str) -> None:
-        self._store.set(key, value)
+        self._call("set", key, value)
 
     def multi_set(self, items: Sequence[tuple[str, str]]) -> None:
         if items:
-            self._store.multi_set([k for k, _ in items], [v for _, v in items])
+            self._call("multi_set", [k for k, _ in items], [v for _, v in items])
 
     def compare_set(self, key: str, expected: str | None, value: str) -> str:
-        return bytes(self._store.compare_set(key, expected or "", value)).decode()
+        return bytes(self._call("compare_set", key, expected or "", value)).decode()
 
     def add(self, key: str, delta: int) -> int:
-        return int(self._store.add(key, delta))
+        return int(self._call("add", key, delta))
 
     def close(self) -> None:
         self._store = None
+        self._server = None

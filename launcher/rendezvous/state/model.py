@@ -96,6 +96,16 @@ class Sleep:
 
 
 Op = Get | MultiGet | Set | MultiSet | CompareSet | Add | Sleep
+
+
+def is_write(op: Op) -> bool:
+    """Whether `op` may change the store (reading a counter is `Add(key, 0)`): a step that
+    failed after sending one may have been half applied."""
+    if isinstance(op, Add):
+        return op.delta != 0
+    return isinstance(op, (Set, MultiSet, CompareSet))
+
+
 # What the driver sends back: the reply to the last op and the current monotonic time.
 Feedback = tuple[Any, float]
 Step = Generator[Op, Feedback, Any]

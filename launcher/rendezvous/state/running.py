@@ -30,6 +30,11 @@ from launcher.rendezvous.state.protocol import (
     round_finishing,
 )
 
+# dead/<node>: "lost" when a watcher declared it, LEFT when the node itself gave it up.
+LEFT = "left"
+# A gap of more than two beats between a watcher's own reads means it was stalled.
+_STALLED_AFTER_BEATS = 2
+
 
 def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
     """The running member's O(1) check: None, or why the job is re-forming."""
@@ -58,7 +63,7 @@ def report_failure(
 def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:
     """A deliberate exit: mark this incarnation gone and let the rest re-form at once."""
     k = Keys(p.run_id)
-    yield Set(k.dead(me), "left")
+    yield Set(k.dead(me), LEFT)
     if a is None:
         return
     cur, _ = yield Get(k.round)
@@ -76,7 +81,7 @@ def finish(
     succeeded: bool = True,
 ) -> Generator[Op, Feedback, str]:
     """The exit barrier of a member: its workers all succeeded, or the job failed (the
-    restart budget is spent).
+    restart budget is spent): `conclude`, then `goodbye`.
 
     On success the last member to finish marks the job done; every member waits, bounded,
     until the job is done or moved on. Then each says goodbye, and the member hosting the
@@ -84,15 +89,32 @@ def finish(
     the end, so the store never vanishes under a node still using it.
     Returns "succeeded", "failed", "moved_on" or "timeout".
     """
+    outcome = yield from conclude(p, a, until=now + timeout_s, succeeded=succeeded)
+    yield from goodbye(p, a, hosting=hosting, timeout_s=timeout_s)
+    return outcome
+
+
+def conclude(
+    p: Params, a: Assignment, *, until: float, succeeded: bool = True, counted: bool = False
+) -> Generator[Op, Feedback, str]:
+    """The first half of `finish`: count this member's success (or mark the job failed)
+    and wait, until `until`, for the job's end. `counted`: an earlier try's count was
+    answered, so this one only reads the counter (re-running must not count twice)."""
     k = Keys(p.run_id)
-    if succeeded:
-        count, now = yield Add(k.r(a.round, "succeeded"), 1)
-        if int(count) >= a.group_world_size:
-            yield Set(k.done, "succeeded")
-        outcome = yield from _await_job_end(p, a, until=now + timeout_s)
-    else:
+    if not succeeded:
         yield Set(k.done, FAILED)
-        outcome = FAILED
+        return FAILED
+    count, _ = yield Add(k.r(a.round, "succeeded"), 0 if counted else 1)
+    if int(count) >= a.group_world_size:
+        yield Set(k.done, "succeeded")
+    return (yield from _await_job_end(p, a, until=until))
+
+
+def goodbye(
+    p: Params, a: Assignment, *, hosting: bool, timeout_s: float
+) -> Generator[Op, Feedback, None]:
+    """The second half of `finish`: say goodbye; the store host waits for the others'."""
+    k = Keys(p.run_id)
     released, now = yield Add(k.r(a.round, "released"), 1)
     if hosting:
         give_up = now + min(timeout_s, _HOST_GRACE_S)
@@ -103,7 +125,6 @@ def finish(
                 break
             yield Sleep(p.poll_interval_s)
             released, now = yield Add(k.r(a.round, "released"), 0)
-    return str(outcome)
 
 
 def declared_dead(p: Params, me: str) -> Generator[Op, Feedback, bool]:
@@ -111,6 +132,22 @@ def declared_dead(p: Params, me: str) -> Generator[Op, Feedback, bool]:
     a dead identity never enters a round again)."""
     mine, _ = yield Get(Keys(p.run_id).dead(me))
     return mine is not None
+
+
+def retire(p: Params, me: str) -> Generator[Op, Feedback, bool]:
+    """Gives this incarnation up after a join the store may have half-applied (the store
+    failed after this node took a slot): its slot may hold `me`, and the same id in a
+    second slot would make it a member twice. Marks `me` left, as a deliberate exit does,
+    so a closer that has not closed yet leaves that slot out; one that already did gave it
+    an assignment nobody reads, and its watcher finds the silent id as a lost node.
+
+    True if peers had already declared `me` dead (the caller then rejoins as a newcomer,
+    as after `declared_dead`)."""
+    k = Keys(p.run_id)
+    mine, _ = yield Get(k.dead(me))
+    if mine is None:
+        yield Set(k.dead(me), LEFT)
+    return mine is not None and mine != LEFT
 
 
 def mark_failed(p: Params) -> Generator[Op, Feedback, None]:
@@ -126,6 +163,7 @@ class WatchState:
     watched: str
     last_value: int | None = None
     last_change: float = 0.0
+    last_seen: float = 0.0  # when this watcher last read the watched counter
 
 
 def heartbeat(
@@ -146,7 +184,12 @@ def heartbeat(
     if watch is None or not watch.watched:
         return None
     value, now = yield Add(k.hb(watch.watched), 0)
-    if value != watch.last_value:
+    # A watcher that could not look for a while (its own store access failed or hung, or
+    # it was paused) has no evidence against the watched node: its beats may have failed
+    # for the same reason (a store outage stalls every node). It starts counting afresh.
+    stalled = now - watch.last_seen > _STALLED_AFTER_BEATS * p.keep_alive_interval_s
+    watch.last_seen = now
+    if value != watch.last_value or stalled:
         watch.last_value, watch.last_change = int(value), now
         return None
     if now - watch.last_change < _dead_after_s(p):
