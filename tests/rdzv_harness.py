@@ -95,8 +95,10 @@ def agent_loop(
             return
         prev = result
         watch = WatchState(
-            round=result.round, group_world_size=result.group_world_size,
-            watched=result.watch, last_change=now,
+            round=result.round,
+            group_world_size=result.group_world_size,
+            watched=result.watch,
+            last_change=now,
         )
         next_beat = now
         while True:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from chaos.scenario.loader import load_scenario_text
 from chaos.scenario.schema import Scenario
 from chaos.topology import procs
 from chaos.topology.base import TopologyError
-from chaos.topology.containers import DockerTopology, have_docker, remove_stale
+from chaos.topology.containers import DockerTopology, remove_stale
 from chaos.topology.docker_image import (
     BUILTIN_IMAGE,
     LABEL,
@@ -35,20 +33,6 @@ name: docker-probe
 topology: {backend: docker, nodes: 2, nproc_per_node: 1}
 workload: {steps: 5, step_s: 0.05, checkpoint_every: 5}
 """
-
-
-@pytest.fixture
-def client() -> Iterator[Any]:
-    missing = have_docker()
-    if missing and "docker" in os.environ.get("CHAOS_REQUIRE_BACKENDS", "").split():
-        pytest.fail(f"CHAOS_REQUIRE_BACKENDS names docker, but {missing}")
-    if missing:
-        pytest.skip(missing)
-    import docker
-
-    client = docker.from_env(timeout=30)
-    yield client
-    client.close()
 
 
 def _scenario(**topology: Any) -> Scenario:
@@ -73,22 +57,26 @@ def _dead_owner() -> str:
     return f"{ident.pid}:{ident.start}"
 
 
-def test_stale_objects_of_a_dead_harness_are_removed_and_live_ones_kept(client: Any) -> None:
-    ensure_builtin_image(client)
+def test_stale_objects_of_a_dead_harness_are_removed_and_live_ones_kept(docker_client: Any) -> None:
+    ensure_builtin_image(docker_client)
     tag = uuid.uuid4().hex[:6]
     made: list[Any] = []
     try:
         for who, owner in (("dead", _dead_owner()), ("live", owner_label())):
             labels = {LABEL: "node", LABEL_OWNER: owner}
-            made.append(client.networks.create(f"chxtest{tag}-{who}", internal=True, labels=labels))
             made.append(
-                client.containers.create(
+                docker_client.networks.create(f"chxtest{tag}-{who}", internal=True, labels=labels)
+            )
+            made.append(
+                docker_client.containers.create(
                     BUILTIN_IMAGE, ["/x"], name=f"chxtest{tag}-{who}", labels=labels
                 )
             )
-        remove_stale(client)  # (a harness on another xdist worker may beat it to the dead one)
-        names = {c.name for c in client.containers.list(all=True, filters={"label": LABEL})}
-        nets = {n.name for n in client.networks.list(filters={"label": LABEL})}
+        remove_stale(
+            docker_client
+        )  # (a harness on another xdist worker may beat it to the dead one)
+        names = {c.name for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
+        nets = {n.name for n in docker_client.networks.list(filters={"label": LABEL})}
         assert f"chxtest{tag}-dead" not in names | nets
         assert f"chxtest{tag}-live" in names
         assert f"chxtest{tag}-live" in nets
@@ -99,14 +87,14 @@ def test_stale_objects_of_a_dead_harness_are_removed_and_live_ones_kept(client: 
 
 
 def test_a_node_is_a_container_on_an_internal_network_and_teardown_removes_it(
-    client: Any, tmp_path: Path
+    docker_client: Any, tmp_path: Path
 ) -> None:
     topo = _topology(tmp_path, _scenario())
     try:
         topo.up()
         handle = topo.start_node(0)
-        ctr = client.containers.get(f"{topo.prefix}-n0")
-        net = client.networks.get(topo.network_name)
+        ctr = docker_client.containers.get(f"{topo.prefix}-n0")
+        net = docker_client.networks.get(topo.network_name)
         assert net.attrs["Internal"] is True  # no route out of the job's network
         assert ctr.attrs["Config"]["Image"] == BUILTIN_IMAGE
         assert ctr.attrs["NetworkSettings"]["Networks"][topo.network_name]["IPAddress"] == (
@@ -125,12 +113,12 @@ def test_a_node_is_a_container_on_an_internal_network_and_teardown_removes_it(
     finally:
         topo.stop_all()
     label = {"label": f"chaos.run={topo.run_id}"}
-    assert client.containers.list(all=True, filters=label) == []
-    assert client.networks.list(filters=label) == []
+    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.networks.list(filters=label) == []
 
 
 def test_a_missing_user_image_is_a_clear_error_before_anything_starts(
-    client: Any, tmp_path: Path
+    docker_client: Any, tmp_path: Path
 ) -> None:
     topo = _topology(tmp_path, _scenario(image=f"chaos-test/absent:{uuid.uuid4().hex[:8]}"))
     try:
@@ -138,25 +126,25 @@ def test_a_missing_user_image_is_a_clear_error_before_anything_starts(
             topo.up()
     finally:
         topo.stop_all()
-    assert client.networks.list(filters={"label": f"chaos.run={topo.run_id}"}) == []
+    assert docker_client.networks.list(filters={"label": f"chaos.run={topo.run_id}"}) == []
 
 
 def test_a_user_image_runs_as_it_is_with_only_the_project_and_run_dir_mounted(
-    client: Any, tmp_path: Path
+    docker_client: Any, tmp_path: Path
 ) -> None:
     """A user image brings its own Python: the harness mounts nothing of the host's system.
     An image without /bin/sh and python3 (the bare offline root, run without the host's /usr)
     fails with a clear error,
     and the container it created is still removed."""
-    ensure_builtin_image(client)
+    ensure_builtin_image(docker_client)
     user = f"chaos-test/user:{uuid.uuid4().hex[:8]}"
-    client.images.get(BUILTIN_IMAGE).tag(user)
+    docker_client.images.get(BUILTIN_IMAGE).tag(user)
     topo = _topology(tmp_path, _scenario(image=user))
     try:
         topo.up()
         with pytest.raises(TopologyError, match=r"needs /bin/sh and python3"):
             topo.start_node(0)
-        ctr = client.containers.get(f"{topo.prefix}-n0")
+        ctr = docker_client.containers.get(f"{topo.prefix}-n0")
         assert ctr.attrs["Config"]["Image"] == user
         assert ctr.attrs["Config"]["Cmd"][4] == "python3"  # sh -c SCRIPT agent python3 -m ...
         mounts = {m["Destination"] for m in ctr.attrs["Mounts"]}
@@ -164,5 +152,7 @@ def test_a_user_image_runs_as_it_is_with_only_the_project_and_run_dir_mounted(
         assert str(topo.run_dir) in mounts
     finally:
         topo.stop_all()
-        client.images.remove(user)
-    assert client.containers.list(all=True, filters={"label": f"chaos.run={topo.run_id}"}) == []
+        docker_client.images.remove(user)
+    assert (
+        docker_client.containers.list(all=True, filters={"label": f"chaos.run={topo.run_id}"}) == []
+    )

@@ -167,22 +167,6 @@ def test_a_sigkilled_harness_leaves_no_member_and_its_namespaces_are_reaped(
             claims.release(doomed)
 
 
-@pytest.fixture
-def docker_client() -> Any:
-    from chaos.topology.containers import have_docker
-
-    missing = have_docker()
-    if missing and "docker" in os.environ.get("CHAOS_REQUIRE_BACKENDS", "").split():
-        pytest.fail(f"CHAOS_REQUIRE_BACKENDS names docker, but {missing}")
-    if missing:
-        pytest.skip(missing)
-    import docker
-
-    client = docker.from_env(timeout=30)
-    yield client
-    client.close()
-
-
 @pytest.mark.docker
 @pytest.mark.parametrize("probe", ["nsenter", "docker-exec"])
 def test_docker_members_are_labelled_containers(

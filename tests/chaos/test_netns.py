@@ -12,7 +12,6 @@ Leftovers: namespaces claimed by a harness that is gone are removed by the next 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -35,13 +34,7 @@ pytestmark = [
     pytest.mark.chaos,
     pytest.mark.root,
     pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="the netns topology needs root (network namespaces, iptables)"
-    ),
-    pytest.mark.skipif(
-        shutil.which("ip") is None or shutil.which("iptables") is None,
-        reason="the netns topology needs `ip` (iproute2) and `iptables`",
-    ),
+    pytest.mark.usefixtures("netns_ready"),
 ]
 
 STEPS = 40

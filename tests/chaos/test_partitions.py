@@ -9,8 +9,6 @@ on every path.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,13 +26,7 @@ pytestmark = [
     pytest.mark.chaos,
     pytest.mark.root,
     pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="the netns topology needs root (network namespaces, iptables)"
-    ),
-    pytest.mark.skipif(
-        shutil.which("ip") is None or shutil.which("iptables") is None,
-        reason="the netns topology needs `ip` (iproute2) and `iptables`",
-    ),
+    pytest.mark.usefixtures("netns_ready"),
 ]
 
 PORT = 7000  # every namespace has its own port space

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from launcher import events as ev
-from launcher.events import Event, read_events
+from launcher.events import Event
+from tests.agent_node import Node
 from tests.conftest import WORKLOADS, Procs, clean_env, pid_alive, wait_until
 from tests.etcd_cluster import EtcdCluster, EtcdServer, free_ports
 
@@ -34,34 +35,6 @@ EXIT_TIMEOUT_S = 60.0
 # expects the previous size back, so with a node gone it closes after the last call (or when
 # a watcher declares the node dead, ~3 s): 1 s keeps test 3 fast.
 ELASTIC_CONF = "last_call_timeout=1"
-
-
-@dataclass
-class Node:
-    addr: str
-    proc: subprocess.Popen[str]
-    log: Path
-    events: Path
-
-    def wait(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"agent {self.addr} still running after {timeout_s:g}s\n{self.describe()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def read(self) -> list[Event]:
-        return list(read_events(self.events)) if self.events.exists() else []
-
-    def named(self, name: str) -> list[Event]:
-        return [e for e in self.read() if e.name == name]
-
-    def describe(self) -> str:
-        lines = [f"{e.name} {dict(e.fields)}" for e in self.read() if e.name != ev.WORKER_EXITED]
-        events = "\n  ".join(lines[-15:])
-        return f"--- {self.addr} rc={self.proc.poll()}\n{self.output()[-3000:]}\n  {events}"
 
 
 def endpoint_text(etcd: EtcdCluster) -> str:

@@ -16,13 +16,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from launcher import events as ev
-from launcher.events import Event, read_events
+from tests.agent_node import Node
 from tests.conftest import WORKLOADS, Procs, clean_env, wait_until
 from tests.etcd_cluster import EtcdServer, etcd_binary
 
@@ -40,26 +39,7 @@ def etcd() -> Iterator[EtcdServer]:
         yield server
 
 
-@dataclass
-class Agent:
-    addr: str
-    proc: subprocess.Popen[str]
-    log: Path
-    events: Path
-
-    def read(self) -> list[Event]:
-        return list(read_events(self.events)) if self.events.exists() else []
-
-    def named(self, name: str) -> list[Event]:
-        return [e for e in self.read() if e.name == name]
-
-    def describe(self) -> str:
-        lines = [f"{e.name} {dict(e.fields)}" for e in self.read() if e.name != ev.WORKER_EXITED]
-        out = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        return f"--- {self.addr} rc={self.proc.poll()}\n{out}\n  " + "\n  ".join(lines[-15:])
-
-
-def start(procs: Procs, tmp_path: Path, etcd: EtcdServer, conf: str, run_s: str) -> list[Agent]:
+def start(procs: Procs, tmp_path: Path, etcd: EtcdServer, conf: str, run_s: str) -> list[Node]:
     host, port = etcd.endpoint
     run_id = f"outage-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
@@ -79,7 +59,7 @@ def start(procs: Procs, tmp_path: Path, etcd: EtcdServer, conf: str, run_s: str)
                 stdout=handle,
                 stderr=subprocess.STDOUT,
             )
-        agents.append(Agent(addr=addr, proc=proc, log=log, events=events))
+        agents.append(Node(addr=addr, proc=proc, log=log, events=events))
     started = wait_until(
         lambda: all(a.named(ev.WORKER_STARTED) for a in agents), FORM_TIMEOUT_S, interval_s=0.1
     )
@@ -89,7 +69,7 @@ def start(procs: Procs, tmp_path: Path, etcd: EtcdServer, conf: str, run_s: str)
     return agents
 
 
-def finish(agents: list[Agent], timeout_s: float) -> list[int | None]:
+def finish(agents: list[Node], timeout_s: float) -> list[int | None]:
     deadline = time.monotonic() + timeout_s
     for agent in agents:
         try:
