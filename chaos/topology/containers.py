@@ -39,7 +39,14 @@ from typing import Any
 from chaos.scenario.schema import Scenario
 from chaos.topology import procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
-from chaos.topology.docker_image import LABEL, LABEL_OWNER, LABEL_RUN, NodeImage, owner_alive
+from chaos.topology.docker_image import (
+    LABEL,
+    LABEL_OWNER,
+    LABEL_RUN,
+    NodeImage,
+    owner_alive,
+    remove_containers,
+)
 from chaos.topology.docker_image import owner_label as _owner_label
 from chaos.topology.etcd import EtcdCluster
 from chaos.topology.etcd_docker import DockerPlacement
@@ -379,15 +386,7 @@ class DockerTopology(LocalTopology):
         """Removes this run's containers and network; returns what could not be removed."""
         import docker.errors
 
-        failed: list[str] = []
-        for cid in reversed(self._created):
-            try:
-                self.client.api.remove_container(cid, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as err:
-                failed.append(f"container {cid[:12]}: {err}")
-        self._created = []
+        failed, self._created = remove_containers(self.client, self._created)
         if self._network is not None:
             try:
                 self._network.remove()

@@ -60,6 +60,24 @@ def host_mount_paths() -> list[str]:
     return keep
 
 
+def remove_containers(client: Any, ids: list[str]) -> tuple[list[str], list[str]]:
+    """Force-removes containers (killing what runs), newest first; returns the failures
+    as messages and the ids still there. One already gone is not a failure."""
+    import docker.errors
+
+    failed: list[str] = []
+    left: list[str] = []
+    for cid in reversed(ids):
+        try:
+            client.api.remove_container(cid, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as err:
+            failed.append(f"container {cid[:12]}: {err}")
+            left.append(cid)
+    return failed, left
+
+
 def _root_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -27,7 +27,12 @@ from typing import Any
 
 from chaos.topology import procs
 from chaos.topology.base import TopologyError
-from chaos.topology.docker_image import LABEL, ensure_builtin_image, host_mount_paths
+from chaos.topology.docker_image import (
+    LABEL,
+    ensure_builtin_image,
+    host_mount_paths,
+    remove_containers,
+)
 from chaos.topology.etcd_members import CLIENT_PORT, PEER_PORT
 
 _WAIT_S = 10.0
@@ -147,19 +152,8 @@ class DockerPlacement:
 
     def close(self) -> list[str]:
         """Removes every member container (killing what still runs)."""
-        import docker.errors
 
-        failed: list[str] = []
-        left: list[str] = []
-        for cid in reversed(self._created):
-            try:
-                self.client.api.remove_container(cid, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as err:
-                failed.append(f"container {cid[:12]}: {err}")
-                left.append(cid)
-        self._created = left
+        failed, self._created = remove_containers(self.client, self._created)
         self._members.clear()
         self._ids.clear()
         return failed
