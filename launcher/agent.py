@@ -355,6 +355,7 @@ class Agent:
                     timestamp=stamp,
                     host=self.host,
                     precise_at=precise,
+                    stopped_by_agent=worker.stopped_by_agent,
                 )
             )
 

@@ -53,6 +53,8 @@ class WorkerFailure:
     # collective fails in the same second as the worker that really died (its error file
     # then says "Connection reset by peer"). None: order by `failed_at`, as torch does.
     precise_at: float | None = None
+    # The agent itself signalled it (the group was being stopped): a consequence, not a cause.
+    stopped_by_agent: bool = False
 
     @property
     def failed_at(self) -> int:
@@ -128,11 +130,30 @@ def format_summary(name: str, failures: Sequence[WorkerFailure]) -> str:
     return "\n".join(lines)
 
 
+# Failures closer together than this are one moment to the agent: its observation of a
+# signal death (no error file) can lag a peer's error file by a scheduling delay.
+_SAME_MOMENT_S = 1.0
+
+
 def _root_index(failures: Sequence[WorkerFailure]) -> int:
     if not failures:
         raise ValueError("no failures: a root cause needs at least one failed worker")
     # min() keeps the first of equal keys, which is torch's tie-break.
-    return min(range(len(failures)), key=lambda i: _order_key(failures[i]))
+    first = min(range(len(failures)), key=lambda i: _order_key(failures[i]))
+    if any(f.precise_at is None for f in failures):
+        return first  # torch's rule, for failures built without precise times
+    # Within one moment causality decides: a worker killed by a signal nobody in the agent
+    # sent (SIGKILL, SIGSEGV) is what its peers' "Connection closed by peer" comes from; a
+    # worker that failed by itself comes before one the agent was stopping.
+    start = _order_key(failures[first])
+    near = [i for i, f in enumerate(failures) if _order_key(f) - start <= _SAME_MOMENT_S]
+    return min(near, key=lambda i: (_cause_rank(failures[i]), _order_key(failures[i])))
+
+
+def _cause_rank(f: WorkerFailure) -> int:
+    if f.stopped_by_agent:
+        return 2
+    return 0 if f.exitcode < 0 else 1
 
 
 def _order_key(f: WorkerFailure) -> float:

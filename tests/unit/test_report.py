@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -278,6 +279,17 @@ def test_root_cause_within_a_second_goes_to_the_precise_first() -> None:
     killed = failure(1, timestamp=100.91, precise_at=100.91)
 
     assert root_cause([peer, killed]) is killed
+    # The agent noticed the killed worker a scheduling delay after the peer's error file.
+    late_seen = failure(1, exitcode=-9, timestamp=100.95, precise_at=100.95)
+    stopped_peer = failure(
+        0, exitcode=-15, record=nested("E: closed by peer", "tb", 100), precise_at=100.93
+    )
+    stopped_peer = dataclasses.replace(stopped_peer, stopped_by_agent=True)
+    assert root_cause([stopped_peer, late_seen]) is late_seen
+    # Seconds apart they are two moments: the earlier one stays the root cause.
+    assert (
+        root_cause([dataclasses.replace(stopped_peer, precise_at=98.0), late_seen]).global_rank == 0
+    )
     assert root_cause([failure(0, timestamp=100.0, precise_at=100.5), killed]).global_rank == 0
 
 
