@@ -223,6 +223,7 @@ class Agent:
                     ev.GROUP_FAILED,
                     restart_count=self.restart_count,
                     failures=[failure_fields(f) for f in failures],
+                    root_cause=failure_fields(root_cause(failures)),
                 )
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 

@@ -29,6 +29,15 @@ def launcher_root_cause(history: History) -> tuple[int, Mapping[str, Any], str] 
     ]
     where = "agent.exit root_cause"
     if not named:
+        # The job recovered: each failed group's own blame (launchers that name it), else
+        # every failure it listed.
+        named = [
+            (node, e.fields["root_cause"])
+            for node, e in facts.events_named(history, ev.GROUP_FAILED)
+            if isinstance(e.fields.get("root_cause"), dict)
+        ]
+        where = "group.failed root_cause"
+    if not named:
         named = [
             (node, failure)
             for node, e in facts.events_named(history, ev.GROUP_FAILED)
@@ -38,8 +47,16 @@ def launcher_root_cause(history: History) -> tuple[int, Mapping[str, Any], str] 
         where = "group.failed"
     if not named:
         return None
-    node, failure = min(named, key=lambda nf: float(nf[1].get("timestamp") or 0.0))
+    node, failure = min(named, key=lambda nf: _when(nf[1]))
     return node, failure, where
+
+
+def _when(failure: Mapping[str, Any]) -> float:
+    """Sub-second where the launcher knows it (an error file's timestamp is whole seconds)."""
+    precise = failure.get("precise_at")
+    if isinstance(precise, int | float):
+        return float(precise)
+    return float(failure.get("timestamp") or 0.0)
 
 
 def _observed(node: int, failure: Mapping[str, Any]) -> dict[str, Any]:

@@ -194,6 +194,7 @@ def failure_fields(failure: WorkerFailure) -> dict[str, object]:
         "message": failure.record.message if failure.record else None,
         "timestamp": failure.timestamp,
         "host": failure.host,
+        "precise_at": failure.precise_at,
     }
 
 
