@@ -11,7 +11,6 @@ The agent is the only module that uses both rendezvous and workers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -25,13 +24,14 @@ from pathlib import Path
 from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
-from launcher.failures.error_file import read_error_file, write_parent_error_file
+from launcher.failures.error_file import write_parent_error_file
 from launcher.failures.report import (
     WorkerFailure,
     brief,
     exit_code_for,
     failure_fields,
     format_summary,
+    observe_failure,
     root_cause,
     signal_name,
 )
@@ -336,26 +336,15 @@ class Agent:
             runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
         )
         if code != 0:
-            record = (
-                read_error_file(Path(worker.spec.error_file)) if worker.spec.error_file else None
-            )
-            exited = worker.exited_at or time.time()
-            stamp = float(record.timestamp) if record and record.timestamp > 0 else exited
-            precise = exited
-            if record is not None and worker.spec.error_file:
-                with contextlib.suppress(OSError):
-                    precise = min(exited, os.stat(worker.spec.error_file).st_mtime)
             self._attempt_failures.append(
-                WorkerFailure(
+                observe_failure(
                     local_rank=worker.local_rank,
                     global_rank=worker.spec.ranks.global_rank,
                     pid=worker.pid,
                     exitcode=code,
-                    error_file=Path(worker.spec.error_file) if record else None,
-                    record=record,
-                    timestamp=stamp,
+                    error_file=worker.spec.error_file or None,
+                    exited_at=worker.exited_at or time.time(),
                     host=self.host,
-                    precise_at=precise,
                     stopped_by_agent=worker.stopped_by_agent,
                 )
             )

@@ -7,19 +7,22 @@ space when no signal is involved, and a signal name is preceded by two spaces.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from launcher.failures.error_file import ErrorRecord
+from launcher.failures.error_file import ErrorRecord, read_error_file
 
 __all__ = [
     "WorkerFailure",
     "exit_code_for",
     "failure_message",
     "format_summary",
+    "observe_failure",
     "root_cause",
     "signal_name",
 ]
@@ -63,6 +66,38 @@ class WorkerFailure:
         if self.record is not None and self.record.timestamp > 0:
             return self.record.timestamp
         return int(self.timestamp)
+
+
+def observe_failure(
+    *,
+    local_rank: int,
+    global_rank: int,
+    pid: int,
+    exitcode: int,
+    error_file: str | None,
+    exited_at: float,
+    host: str,
+    stopped_by_agent: bool,
+) -> WorkerFailure:
+    """A worker that exited non-zero at `exited_at`, with what its error file says."""
+    record = read_error_file(Path(error_file)) if error_file else None
+    stamp = float(record.timestamp) if record and record.timestamp > 0 else exited_at
+    precise = exited_at
+    if record is not None and error_file:
+        with contextlib.suppress(OSError):
+            precise = min(exited_at, os.stat(error_file).st_mtime)
+    return WorkerFailure(
+        local_rank=local_rank,
+        global_rank=global_rank,
+        pid=pid,
+        exitcode=exitcode,
+        error_file=Path(error_file) if record and error_file else None,
+        record=record,
+        timestamp=stamp,
+        host=host,
+        precise_at=precise,
+        stopped_by_agent=stopped_by_agent,
+    )
 
 
 def signal_name(exitcode: int) -> str | None:
