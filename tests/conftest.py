@@ -9,9 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
+
+# The suite is a gate: property tests draw the same examples on every run, so a red CI
+# means a change broke something, not that the dice found an old rare bug. To hunt for new
+# ones, draw fresh examples (more of them): HYPOTHESIS_PROFILE=explore pytest tests/unit
+# (docs/simulator.md, "Hunting").
+settings.register_profile("gate", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=2000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -136,13 +136,17 @@ class Checker:
             record = self.rounds[rnd]
         raw = json.loads(decision)
         if "members" in raw and record.closed_at is not None:
-            # The closer's update: fewer slots became members. Only nodes declared dead
-            # may be left out (a missing descriptor is still a short_round).
+            # The closer's update: fewer slots became members. Named nodes may be left out
+            # only if declared dead; a slot whose joiner never described itself within
+            # assign_timeout is left out by number (its late joiner reads `excluded`).
             record.excluded = tuple(raw.get("excluded", ()))
-            record.size = record.slots - len(record.excluded)
+            missing = tuple(int(slot) for slot in raw.get("missing", ()))
+            record.size = record.slots - len(record.excluded) - len(missing)
             for node_id in record.excluded:
                 if node_id not in self.dead_at:
                     self.fail("bad_exclusion", f"round {rnd} left out {node_id}, not dead")
+            if int(raw["members"]) != record.size or any(s >= record.slots for s in missing):
+                self.fail("bad_exclusion", f"round {rnd}: update {decision} does not add up")
             return
         record.closed_at, record.closer = self.sim.now, raw["closer"]
         record.size = record.slots = int(raw["size"])

@@ -163,7 +163,7 @@ class Simulation:
         task.awaiting = True
         heal = task.agent.cut_until
         if heal > now:  # partitioned: TCP holds the request until the link heals
-            self._hold(task, op, heal + rtt * 0.5)
+            self._hold(task, task.token, op, heal + rtt * 0.5)
             return
         if rtt * 0.5 > self.cfg.read_timeout_s:
             # Slower than the client waits (a latency spike): it gives up at its read
@@ -173,20 +173,23 @@ class Simulation:
             return
         heapq.heappush(self.heap, (now + rtt * 0.5, next(self._seq), ARRIVE, task, task.token, op))
 
-    def _hold(self, task: Task, op: Op, deliver_at: float) -> None:
-        """Delivers `op` at `deliver_at` if the client's read timeout allows, else fails it."""
+    def _hold(self, task: Task, token: int, op: Op, deliver_at: float) -> None:
+        """Delivers `op` at `deliver_at` if the client's read timeout allows, else fails it.
+
+        `token` is the one the request was sent under: if its agent died meanwhile, the
+        reply (or failure) must not wake the dead agent's thread."""
         give_up = task.sent_at + self.cfg.read_timeout_s
         if deliver_at <= give_up:
-            self._push(deliver_at, ARRIVE, task, task.token, op)
+            self._push(deliver_at, ARRIVE, task, token, op)
         else:
-            self._push(give_up, STEP, task, task.token, StoreFailure("read timeout"))
+            self._push(give_up, STEP, task, token, StoreFailure("read timeout"))
 
     def _arrive(self, task: Task, token: int, op: Op) -> None:
         # A request that left before its agent died still takes effect: it was on the wire.
         now = self.now
         if self.store_down_until > now:
             if token != _ORPHAN:
-                self._hold(task, op, self.store_down_until)
+                self._hold(task, token, op, self.store_down_until)
             return
         reply, size = self.store.apply(op, task.agent.index)
         if self.trace is not None:

@@ -181,8 +181,19 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     # A joiner takes its slot and writes its descriptor in two steps; give it a moment.
     while any(raw is None for raw in raws) and now < give_up:
         yield Sleep(p.poll_interval_s)
+        if not (yield from _still_current(p, rnd)):
+            return
         raws, now = yield MultiGet(keys)
+    if not (yield from _still_current(p, rnd)):
+        # The joiners gave this round up while we waited (their own assign timeout, or
+        # the one whose descriptor is missing rejoined): publishing it now would hand out
+        # a round nobody else is in.
+        return
     described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
+    # A slot with no descriptor after assign_timeout: its joiner died (or is cut off)
+    # between taking the slot and describing itself. The round forms without it; if it
+    # ever writes the descriptor it reads `excluded` and rejoins as a new node.
+    missing = [slot for slot, raw in enumerate(raws) if raw is None]
     # A joiner declared dead (its heartbeat stopped, or it left) while the round formed
     # must not be in it. These reads come after the close, so every declaration made
     # before the close is seen; one declared later is found by its heartbeat as usual.
@@ -192,7 +203,7 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     nodes = [item for item, mark in zip(described, marks, strict=True) if mark is None]
     excluded = [item for item, mark in zip(described, marks, strict=True) if mark is not None]
     # Each excluded node reads this instead of an assignment and rejoins as a new one.
-    items = [(k.assign(rnd, slot), EXCLUDED) for slot, _ in excluded]
+    items = [(k.assign(rnd, slot), EXCLUDED) for slot in [s for s, _ in excluded] + missing]
     if len(nodes) < p.min_nodes or (p.static and excluded):
         # Joiners died between taking a slot and describing themselves, or were declared
         # dead: this round cannot form (static: every --node-rank has its place). Start a
@@ -210,6 +221,8 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         # in the batch, so whoever sees an assignment or an exclusion sees this too.
         update = dict(json.loads(decision))
         update.update(members=len(nodes), excluded=[n.node_id for _, n in excluded])
+        if missing:
+            update.update(missing=missing)
         items.insert(0, (k.r(rnd, "close"), json.dumps(update, sort_keys=True)))
     last_raw, now = yield Get(k.last)
     last = json.loads(last_raw) if last_raw is not None else None
@@ -249,6 +262,11 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     yield MultiSet(tuple(items))
     last_now = {"round": rnd, "size": len(ordered), "restart_count": restart_count}
     yield Set(k.last, json.dumps(last_now, sort_keys=True))
+
+
+def _still_current(p: Params, rnd: int) -> Generator[Op, Feedback, bool]:
+    cur, _ = yield Get(Keys(p.run_id).round)
+    return round_of(cur) == rnd
 
 
 def order_members(
