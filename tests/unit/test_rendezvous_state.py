@@ -14,12 +14,14 @@ from launcher.rendezvous.state import (
     Params,
     RendezvousTimeout,
     WatchState,
+    bump,
     finish,
     heartbeat,
     join,
     report_failure,
 )
 from launcher.rendezvous.state.model import Keys, round_of
+from launcher.rendezvous.state.protocol import wait_for_change
 from tests.rdzv_harness import Sim, agent_loop
 
 
@@ -315,3 +317,34 @@ def test_closer_restarts_a_round_left_below_min_by_a_dead_candidate() -> None:
     sim.run()
     check_round([tasks[0].result, again.result, tasks[2].result])
     assert again.result.round == 1 and again.result.group_world_size == 3
+
+
+
+def test_spares_that_find_every_member_dead_bump_under_their_own_ids() -> None:
+    # Spares used to bump as "spare" (closers as "closer"): two of them bumping from the
+    # same round wrote the same value and both read it back as theirs. The round value and
+    # the bump record now name the one node that moved the job on.
+    p = params(max_nodes=1)
+    sim = Sim(seed=2)
+    sim.store.set("rdzv/job/round", "1:n0")
+    sim.store.set("rdzv/job/r1/close", json.dumps({"size": 1, "closer": "n0"}))
+    spares = [sim.spawn(f"s{i}", wait_for_change(p, 1, by=f"s{i}")) for i in range(2)]
+    sim.run()  # nobody beats r1/alive: both see every member dead
+    assert all(t.done and t.result is None for t in spares)
+    value = sim.store.get("rdzv/job/round") or ""
+    record = json.loads(sim.store.get("rdzv/job/r2/bump") or "{}")
+    assert value in ("2:s0", "2:s1")
+    assert record == {"reason": "node_lost", "by": value[2:], "detail": "all"}
+
+
+def test_two_bumps_from_the_same_round_one_wins_and_the_count_is_written_once() -> None:
+    p = params()
+    sim = Sim(seed=1)
+    sim.store.set("rdzv/job/round", "1:n0")
+    tasks = [
+        sim.spawn(f"s{i}", bump(p, "1:n0", reason="node_lost", by=f"s{i}", expected=2))
+        for i in range(2)
+    ]
+    sim.run()
+    assert sorted(t.result for t in tasks) == [False, True]
+    assert int(sim.store.get("rdzv/job/r2/expected") or 0) == 2

@@ -214,7 +214,8 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         if round_of(cur) == rnd:
             reason = NODE_LOST if excluded else CLOSER_LOST
             detail = ",".join(n.node_id for _, n in excluded)
-            yield from bump(p, cur, reason=reason, by="closer", expected=len(nodes), detail=detail)
+            closer = str(json.loads(decision)["closer"])
+            yield from bump(p, cur, reason=reason, by=closer, expected=len(nodes), detail=detail)
         return
     if len(nodes) < size:
         # Newcomers must see the room left (they compare the member count with MAX). First
@@ -317,7 +318,7 @@ def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, 
             # round at once; still open after assign_timeout means every joiner died.
             if now - forming_since >= p.assign_timeout_s:
                 yield Add(k.spares, -1)
-                yield from bump(p, cur, reason=CLOSER_LOST, by="spare", expected=0)
+                yield from bump(p, cur, reason=CLOSER_LOST, by=by, expected=0)
                 return None
             continue
         members = members_of(closed)
@@ -332,7 +333,7 @@ def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, 
             alive_since = now  # members stop beating once they finish: wait for the end
         elif now - alive_since >= _dead_after_s(p):
             yield Add(k.spares, -1)
-            yield from bump(p, cur, reason=NODE_LOST, by="spare", expected=0, detail="all")
+            yield from bump(p, cur, reason=NODE_LOST, by=by, expected=0, detail="all")
             return None
 
 
@@ -357,7 +358,11 @@ def bump(
     p: Params, current: str | None, *, reason: str, by: str, expected: int, detail: str = ""
 ) -> Generator[Op, Feedback, bool]:
     """Moves the job from the round in `current` to the next one. True if this call did it
-    (False: someone else already moved it, which is just as good)."""
+    (False: someone else already moved it, which is just as good).
+
+    `by` must be the caller's node id: the new round value has to be unique to the writer,
+    or two callers bumping from the same round would both read their own value back and
+    both write the bump record and the expected count."""
     k = Keys(p.run_id)
     rnd = round_of(current)
     if reason in _NOT_WHILE_FINISHING and rnd >= 0 and (yield from round_finishing(p, rnd)):
