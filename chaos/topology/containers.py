@@ -5,7 +5,9 @@ behind (containers and networks labelled `chaos.harness` whose owner process is 
 makes sure the node image exists (built offline, see chaos.topology.docker_image) and creates
 one user-defined bridge network with `internal: true` (no route out of it) on a private /24,
 10.214.<k>.0/24 with k drawn per run. Node i is the container `chx<tag>-n<i>` at
-10.214.<k>.<10+i>, hostname `node<i>`, with docker-init as PID 1 and the agent as its child.
+10.214.<k>.<10+i>, hostname `node<i>`, with docker-init as PID 1, then a small shell, then the
+agent (chaos.topology.node_shell: the shell keeps the container up while anything the agent
+left behind lives, so orphans are caught here too).
 
 The run directory is bind-mounted read-write at its own path and the project read-only at
 its own, so the agents' event logs, the workload's step reports and checkpoints land where
@@ -19,9 +21,8 @@ else. Event logs and step reports name pids as the node sees them; `host_pid` tr
 through /proc/<pid>/status (NSpid). Crashing a node is `docker kill` (the kernel ends the
 whole PID namespace with its init); pausing is SIGSTOP of the node's processes as in the
 other topologies; partitions are iptables rules run inside the container's network namespace
-(`nsenter -t <init pid> -n`, see chaos.faults.partition). When the agent exits, docker-init
-exits and the kernel kills whatever was left in the container: a job cannot leak processes
-out of a docker node, whatever its launcher does.
+(`nsenter -t <init pid> -n`, see chaos.faults.partition). Teardown removes every container,
+so a job cannot leak processes out of a docker run, whatever its launcher does.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ import contextlib
 import os
 import random
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chaos.scenario.schema import Scenario
-from chaos.topology import procs
+from chaos.topology import node_shell, procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.docker_image import (
     LABEL,
@@ -112,6 +112,7 @@ class _Container:
     id: str
     name: str
     init: procs.ProcId  # docker-init, PID 1 of the container
+    shell: procs.ProcId  # node_shell: the agent's parent, not part of the job
     agent: procs.ProcId
     handle: NodeHandle
     code: int | None = None
@@ -231,13 +232,11 @@ class DockerTopology(LocalTopology):
         self.view.watch_node(index)
         argv = self.agent_argv(index)
         argv[0] = self._image.python
-        # sh execs the agent with its output in the node's files: the pid stays the agent's.
-        redirect = 'exec "$@" >>"$CHAOS_NODE_DIR/stdout.log" 2>>"$CHAOS_NODE_DIR/stderr.log"'
-        command = ["/bin/sh", "-c", redirect, "agent", *argv]
+        command = node_shell.command(argv)
         api, name = self.client.api, f"{self.prefix}-n{index}"
         host_config = api.create_host_config(
             binds=self._image.binds(REPO_ROOT, self.run_dir),
-            init=True,  # docker-init reaps orphans and ends the node when the agent ends
+            init=True,  # docker-init reaps what the agent orphans
             network_mode=self.network_name,
         )
         endpoint = api.create_endpoint_config(ipv4_address=self.addr_of(index))
@@ -263,35 +262,23 @@ class DockerTopology(LocalTopology):
             ) from None
         init_pid = int(api.inspect_container(cid)["State"]["Pid"])
         init = procs.identify(init_pid)
-        agent = self._wait_agent(init_pid)
-        if init is None or agent is None:
+        started = node_shell.wait_agent(init_pid, _WAIT_S)
+        if init is None or started is None:
             said = api.logs(cid).decode(errors="replace").strip().splitlines()
             raise TopologyError(
                 f"container {name} of image {self._image.name} exited at once: "
                 f"{said[-1] if said else f'see {node_dir}/stderr.log'} "
                 "(a user image needs /bin/sh and python3 with torch)"
             )
+        shell, agent = started
         handle = NodeHandle(
             index=index, addr=self.addr_of(index), pid=agent.pid, argv=tuple(command), dir=node_dir
         )
-        self._ctrs[index] = _Container(id=cid, name=name, init=init, agent=agent, handle=handle)
+        self._ctrs[index] = _Container(
+            id=cid, name=name, init=init, shell=shell, agent=agent, handle=handle
+        )
         self._learn(agent.pid, index, trusted=True)
         return handle
-
-    @staticmethod
-    def _wait_agent(init_pid: int) -> procs.ProcId | None:
-        """The agent: docker-init's child once it has exec'd (until then it is a copy of
-        docker-init, and an exec that fails, e.g. no /bin/sh in a user image, ends it)."""
-        deadline = time.monotonic() + _WAIT_S
-        init_comm = procs.comm(init_pid)
-        while time.monotonic() < deadline:
-            kids = procs.children(init_pid)
-            if kids and procs.comm(kids[0]) not in (init_comm, None):
-                return procs.identify(kids[0])
-            if procs.proc_start(init_pid) is None:
-                return None
-            time.sleep(0.005)  # nothing to block on: the child is forked by another process
-        return None
 
     def nodes(self) -> dict[int, NodeHandle]:
         return {i: ctr.handle for i, ctr in self._ctrs.items()}
@@ -302,12 +289,15 @@ class DockerTopology(LocalTopology):
             return ctr.code
         if ctr.agent.alive():
             return None
-        state = self.client.api.inspect_container(ctr.id)["State"]
-        if state.get("Running"):
-            return None  # the agent is gone; docker-init follows in a moment
-        # As for a local agent the harness SIGKILLed: its own status, not docker-init's 137.
-        ctr.code = -9 if index in self._crashed else int(state.get("ExitCode", -1))
-        return ctr.code
+        rc = None if index in self._crashed else node_shell.agent_rc(ctr.handle.dir)
+        if rc is None:
+            state = self.client.api.inspect_container(ctr.id)["State"]
+            if state.get("Running"):
+                return None  # the agent is gone; its shell writes agent.rc in a moment
+            # As for a local agent the harness SIGKILLed: its own status, not docker's 137.
+            rc = -9 if index in self._crashed else int(state.get("ExitCode", -1))
+        ctr.code = rc
+        return rc
 
     # -- which processes belong to the job ---------------------------------------------------
     def refresh(self) -> None:
@@ -315,8 +305,13 @@ class DockerTopology(LocalTopology):
         for index, ctr in self._ctrs.items():
             if not ctr.init.alive():
                 continue
-            for child in procs.children(ctr.init.pid):  # everything but docker-init itself
-                for pid in procs.tree(child):
+            # Everything but docker-init and the node's shell (whose `sleep`s are not the
+            # job's): the agent's tree, and whatever it orphaned (reparented to docker-init).
+            for child in procs.children(ctr.init.pid):
+                root = ctr.agent.pid if child == ctr.shell.pid else child
+                if root == ctr.agent.pid and not ctr.agent.alive():
+                    continue
+                for pid in procs.tree(root):
                     self._learn(pid, index, trusted=True)
 
     def node_pids(self, index: int) -> list[int]:

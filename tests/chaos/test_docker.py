@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from chaos.scenario.loader import load_scenario_text
+from chaos.checkers import run_checkers
+from chaos.history import load_history
+from chaos.runner import run_scenario
+from chaos.scenario.loader import load_scenario, load_scenario_text
 from chaos.scenario.schema import Scenario
 from chaos.topology import procs
 from chaos.topology.base import TopologyError
@@ -103,8 +106,13 @@ def test_a_node_is_a_container_on_an_internal_network_and_teardown_removes_it(
         mounts = {m["Destination"]: m["RW"] for m in ctr.attrs["Mounts"]}
         assert mounts["/usr"] is False
         assert mounts[str(topo.run_dir)] is True
-        # The agent is docker-init's child, seen from the host with its own namespace pid.
-        assert handle.pid in topo.node_pids(0)
+        # docker-init, then the node's shell, then the agent: the shell is not the job's.
+        ctr_init = topo._ctrs[0].init.pid
+        shell = topo._ctrs[0].shell.pid
+        assert procs.children(ctr_init) == [shell]
+        assert procs.parent(handle.pid) == shell
+        assert handle.pid in topo.node_pids(0) and shell not in topo.node_pids(0)
+        # The agent, seen from the host with its own namespace pid.
         inner = procs.ns_pid(handle.pid)
         assert inner is not None
         assert inner < handle.pid  # a small pid in the container's own PID namespace
@@ -146,7 +154,7 @@ def test_a_user_image_runs_as_it_is_with_only_the_project_and_run_dir_mounted(
             topo.start_node(0)
         ctr = docker_client.containers.get(f"{topo.prefix}-n0")
         assert ctr.attrs["Config"]["Image"] == user
-        assert ctr.attrs["Config"]["Cmd"][4] == "python3"  # sh -c SCRIPT agent python3 -m ...
+        assert ctr.attrs["Config"]["Cmd"][4] == "python3"  # sh -c SCRIPT node python3 -m ...
         mounts = {m["Destination"] for m in ctr.attrs["Mounts"]}
         assert "/usr" not in mounts
         assert str(topo.run_dir) in mounts
@@ -156,3 +164,27 @@ def test_a_user_image_runs_as_it_is_with_only_the_project_and_run_dir_mounted(
     assert (
         docker_client.containers.list(all=True, filters={"label": f"chaos.run={topo.run_id}"}) == []
     )
+
+
+def test_a_launcher_that_orphans_its_workers_is_caught_on_docker_too(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    """torchrun SIGKILLed leaves its workers running. A docker node used to end with its
+    agent (docker-init exited, the kernel killed the rest), hiding that; the node's shell now
+    keeps the container up while the orphans live, so hygiene names them as on `local`."""
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "launcher_sigkill_no_orphans.yaml"
+    scenario = load_scenario(path)
+    run_dir = tmp_path / "run"
+    result = run_scenario(
+        scenario, run_dir=run_dir, backend="docker", launcher="torchrun", progress=lambda _l: None
+    )
+    judged = dataclasses.replace(
+        scenario, topology=dataclasses.replace(scenario.topology, backend="docker")
+    )
+    verdicts = {v.name: v for v in run_checkers(load_history(run_dir), judged)}
+    hygiene = verdicts["hygiene"]
+    assert hygiene.status == "fail", hygiene
+    assert result.leftover_pids and hygiene.measured["leftover_pids"], hygiene
+    assert (run_dir / "nodes" / "1" / "agent.rc").read_text().strip() == "137"  # SIGKILL
+    label = {"label": f"chaos.run={result.run_id}"}
+    assert docker_client.containers.list(all=True, filters=label) == []
