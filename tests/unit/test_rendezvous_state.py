@@ -142,6 +142,38 @@ def test_worker_failure_is_charged_job_wide_until_budget_spent() -> None:
         assert current[0].detail == "rank 3 exit 1" and current[0].charged
 
 
+def test_a_worker_failure_that_comes_with_a_lost_node_is_labelled_node_lost() -> None:
+    # A node crashes; the survivors' gloo workers fail at once and their agents report a
+    # worker failure before any watcher declares the node lost. The round exists because
+    # of the loss: node_lost naming the missing member, not charged (torchrun charges it).
+    p = params(min_nodes=1, max_nodes=3)
+    sim = Sim(seed=8)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
+    sim.run()
+    round0 = [t.result for t in tasks]
+    sim.spawn("fail", report_failure(p, round0[0], by="n0", detail="rank 0 exit 1"))
+    sim.run()
+    rejoin = [sim.spawn(f"n{i}", join(p, node(i, prev=round0[i]), now=sim.now)) for i in (0, 1)]
+    sim.run()
+    results = [t.result for t in rejoin]
+    check_round(results)
+    assert (results[0].reason, results[0].detail) == ("node_lost", "n2")
+    assert not results[0].charged and results[0].restart_count == 0
+    # Everyone back: the same report is a charged worker failure.
+    sim.spawn("fail", report_failure(p, results[0], by="n0", detail="rank 0 exit 1"))
+    sim.run()
+    again = [sim.spawn(f"n{i}", join(p, node(i, prev=results[i]), now=sim.now)) for i in (0, 1)]
+    sim.run()
+    final = [t.result for t in again]
+    check_round(final)
+    assert (final[0].reason, final[0].detail, final[0].charged) == (
+        "worker_failure",
+        "rank 0 exit 1",
+        True,
+    )
+    assert final[0].restart_count == 1
+
+
 def test_node_loss_detected_by_watcher_and_not_charged() -> None:
     p = params(min_nodes=1, max_nodes=3, keep_alive_interval_s=1.0, keep_alive_max_attempt=3)
     sim = Sim(seed=6)

@@ -19,7 +19,8 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
                         or EXCLUDED: this slot's node was declared dead before the close
     r<r>/succeeded      counter: members whose workers all exited 0
     r<r>/alive          counter: bumped by every member's heartbeat (spares watch it)
-    last                the last completed round {round, size, restart_count}
+    last                the last completed round {round, size, restart_count, members}
+                        (members: node ids, listed for rounds of up to 64 nodes)
     hb/<node>           heartbeat counter of one agent incarnation
     dead/<node>         "lost" or "left": this incarnation may never join again
     done                "succeeded" or "failed": the job is over (spares exit 0)

@@ -233,7 +233,15 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     ordered = order_members(p, nodes, last_round=last["round"] if last else None)
     returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
     lost_someone = last is not None and returning < int(last["size"])
-    charged = reason == WORKER_FAILURE and not lost_someone
+    if reason == WORKER_FAILURE and lost_someone and last is not None:
+        # A node died and its peers' workers failed at once (gloo sees the reset before any
+        # watcher declares the node lost): the round exists because of the loss, so say so
+        # (and do not charge it), as when the watcher is first.
+        here = {n.node_id for _, n in nodes}
+        gone = [m for m in last.get("members", ()) if m not in here]
+        reason = NODE_LOST
+        detail = ",".join(gone) or f"{int(last['size']) - returning} node(s)"
+    charged = reason == WORKER_FAILURE
     restart_count = (int(last["restart_count"]) if last else 0) + (1 if charged else 0)
     status = FAILED if restart_count > p.max_restarts else OK
     world = sum(n.nproc for _, n in ordered)
@@ -261,7 +269,12 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         items.append((k.assign(rnd, slot), assignment.to_json()))
         base += node.nproc
     yield MultiSet(tuple(items))
-    last_now = {"round": rnd, "size": len(ordered), "restart_count": restart_count}
+    last_now = {
+        "round": rnd,
+        "size": len(ordered),
+        "restart_count": restart_count,
+        "members": list(members),
+    }
     yield Set(k.last, json.dumps(last_now, sort_keys=True))
 
 
