@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from launcher.rendezvous.driver import perform
 from launcher.rendezvous.state import (
     Assignment,
     Excluded,
@@ -20,7 +21,7 @@ from launcher.rendezvous.state import (
     join,
     report_failure,
 )
-from launcher.rendezvous.state.model import Keys, round_of
+from launcher.rendezvous.state.model import CompareSet, Keys, round_of
 from launcher.rendezvous.state.protocol import wait_for_change
 from tests.rdzv_harness import Sim, agent_loop
 
@@ -340,7 +341,7 @@ def test_closer_restarts_a_round_left_below_min_by_a_dead_candidate() -> None:
     sim.run(until=2.0)
     assert tasks[1].result == Excluded(round=0)
     assert not tasks[0].done and not tasks[2].done  # waiting in round 1 for a third node
-    bump = json.loads(sim.store.get("rdzv/job/r1/bump") or "")
+    bump = _record(sim, 1)
     assert bump["reason"] == "node_lost" and bump["detail"] == "n1"
     again = sim.spawn(
         "n1b",
@@ -349,7 +350,6 @@ def test_closer_restarts_a_round_left_below_min_by_a_dead_candidate() -> None:
     sim.run()
     check_round([tasks[0].result, again.result, tasks[2].result])
     assert again.result.round == 1 and again.result.group_world_size == 3
-
 
 
 def test_spares_that_find_every_member_dead_bump_under_their_own_ids() -> None:
@@ -364,19 +364,64 @@ def test_spares_that_find_every_member_dead_bump_under_their_own_ids() -> None:
     sim.run()  # nobody beats r1/alive: both see every member dead
     assert all(t.done and t.result is None for t in spares)
     value = sim.store.get("rdzv/job/round") or ""
-    record = json.loads(sim.store.get("rdzv/job/r2/bump") or "{}")
     assert value in ("2:s0", "2:s1")
-    assert record == {"reason": "node_lost", "by": value[2:], "detail": "all"}
+    assert _record(sim, 2) == {
+        "reason": "node_lost",
+        "by": value[2:],
+        "detail": "all",
+        "expected": 0,
+    }
 
 
-def test_two_bumps_from_the_same_round_one_wins_and_the_count_is_written_once() -> None:
+def test_two_bumps_from_the_same_round_one_wins_and_its_record_counts() -> None:
     p = params()
     sim = Sim(seed=1)
     sim.store.set("rdzv/job/round", "1:n0")
     tasks = [
-        sim.spawn(f"s{i}", bump(p, "1:n0", reason="node_lost", by=f"s{i}", expected=2))
+        sim.spawn(f"s{i}", bump(p, "1:n0", reason="node_lost", by=f"s{i}", expected=2 + i))
         for i in range(2)
     ]
     sim.run()
     assert sorted(t.result for t in tasks) == [False, True]
-    assert int(sim.store.get("rdzv/job/r2/expected") or 0) == 2
+    winner = next(i for i, t in enumerate(tasks) if t.result)
+    assert _record(sim, 2)["expected"] == 2 + winner
+    assert sim.store.get("rdzv/job/r2/expected") is None  # only watchers lower it
+
+
+def test_a_bump_whose_compare_and_set_reply_was_lost_still_has_its_record() -> None:
+    # The agent re-runs a failed step from its start: report_failure then finds the round
+    # moved (by itself) and does nothing. The record must already be there, or the round
+    # has no reason (the failure goes uncharged) and no expected count (a last-call wait).
+    p = params(min_nodes=1, max_nodes=3, max_restarts=3)
+    sim = Sim(seed=3)
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
+    sim.run()
+    round0 = [t.result for t in tasks]
+    step = report_failure(p, round0[1], by="n1", detail="rank 3 exit 1")
+    op = next(step)
+    while not (isinstance(op, CompareSet) and op.key == "rdzv/job/round"):
+        op = step.send((perform(sim.store, op), sim.now))
+    perform(sim.store, op)  # applied; the reply never comes back
+    step.close()
+    rerun = sim.spawn("again", report_failure(p, round0[1], by="n1", detail="rank 3 exit 1"))
+    sim.run()
+    assert rerun.done and sim.store.get("rdzv/job/round") == "1:n1"
+    started = sim.now
+    rejoin = [sim.spawn(f"n{i}", join(p, node(i, prev=round0[i]), now=sim.now)) for i in range(2)]
+    sim.run()
+    results = [t.result for t in rejoin]
+    check_round(results)
+    assert (results[0].reason, results[0].charged, results[0].restart_count) == (
+        "worker_failure",
+        True,
+        1,
+    )
+    # 2 of MAX 3: only the expected count closes it before the last call.
+    assert sim.now - started < p.last_call_timeout_s
+
+
+def _record(sim: Sim, rnd: int) -> dict[str, object]:
+    """The bump record of round `rnd`: the one its round value's writer wrote."""
+    value = sim.store.get("rdzv/job/round") or ""
+    assert round_of(value) == rnd
+    return dict(json.loads(sim.store.get(f"rdzv/job/r{rnd}/bump/{value.split(':', 1)[1]}") or "{}"))

@@ -10,8 +10,11 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
     round               "<r>:<writer>" the round now forming or running (CAS to bump)
     r<r>/seq            counter: join order; slot = value - 1
     r<r>/node/<slot>    the joiner's NodeInfo
-    r<r>/expected       counter: how many nodes the bumper expects back (a hint)
-    r<r>/bump           why round r exists (reason, by whom)
+    r<r>/bump/<writer>  why round r exists {reason, by, detail, expected}: written by each
+                        would-be bumper before its CAS on `round`; the one that counts is
+                        the writer named in the round value ("<r>:<writer>")
+    r<r>/expected       counter: lowered (negative adds) by watchers that declare a joiner
+                        dead while round r forms; the closer expects record.expected + it
     r<r>/close          the closing decision {size, closer}; CAS from absent, so exactly one.
                         `size` counts slots; if fewer of them became members (a joiner
                         declared dead meanwhile) the closer adds {members, excluded}
@@ -219,6 +222,9 @@ class Keys:
 
     def node(self, rnd: int, slot: int) -> str:
         return f"{self.prefix}r{rnd}/node/{slot}"
+
+    def bump(self, rnd: int, writer: str) -> str:
+        return f"{self.prefix}r{rnd}/bump/{writer}"
 
     def assign(self, rnd: int, slot: int) -> str:
         return f"{self.prefix}r{rnd}/assign/{slot}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
+from typing import Any
 
 from launcher.rendezvous.state.model import (
     EXCLUDED,
@@ -78,16 +79,22 @@ def join(
                 return over
             deadline = now + p.join_timeout_s  # a spare's wait does not count
             continue
-        result = yield from _join_round(p, me, rnd, deadline)
+        result = yield from _join_round(p, me, cur, deadline)
         if result is not None:
             return result
 
 
 def _join_round(
-    p: Params, me: NodeInfo, rnd: int, deadline: float
+    p: Params, me: NodeInfo, current: str, deadline: float
 ) -> Generator[Op, Feedback, Assignment | JobOver | Excluded | None]:
-    """Takes a slot in round `rnd`; None means: start over (the round moved on, or full)."""
+    """Takes a slot in the round in `current`; None means: start over (the round moved on,
+    or full)."""
     k = Keys(p.run_id)
+    rnd = round_of(current)
+    # How many nodes the bumper expects back; watchers lower it with negative adds to
+    # r<r>/expected as they declare joiners dead.
+    bumped = yield from bump_record(p, current)
+    hint = int(bumped.get("expected", 0)) if bumped is not None else 0
     seq, now = yield Add(k.r(rnd, "seq"), 1)
     slot = int(seq) - 1
     yield Set(k.node(rnd, slot), me.to_json())
@@ -102,10 +109,10 @@ def _join_round(
         if round_of(cur) != rnd:
             return None
         joined, now = yield Add(k.r(rnd, "seq"), 0)
-        expected, now = yield Add(k.r(rnd, "expected"), 0)
+        lowered, now = yield Add(k.r(rnd, "expected"), 0)
         if joined >= p.min_nodes and min_seen_at is None:
             min_seen_at = now
-        size = decide_size(p, int(joined), int(expected), min_seen_at, now)
+        size = decide_size(p, int(joined), hint + int(lowered), min_seen_at, now)
         if size:
             decision = json.dumps({"size": size, "closer": me.node_id})
             closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
@@ -181,10 +188,11 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     # A joiner takes its slot and writes its descriptor in two steps; give it a moment.
     while any(raw is None for raw in raws) and now < give_up:
         yield Sleep(p.poll_interval_s)
-        if not (yield from _still_current(p, rnd)):
+        if (yield from _current(p, rnd)) is None:
             return
         raws, now = yield MultiGet(keys)
-    if not (yield from _still_current(p, rnd)):
+    current = yield from _current(p, rnd)
+    if current is None:
         # The joiners gave this round up while we waited (their own assign timeout, or
         # the one whose descriptor is missing rejoined): publishing it now would hand out
         # a round nobody else is in.
@@ -227,8 +235,7 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         items.insert(0, (k.r(rnd, "close"), json.dumps(update, sort_keys=True)))
     last_raw, now = yield Get(k.last)
     last = json.loads(last_raw) if last_raw is not None else None
-    bump_raw, now = yield Get(k.r(rnd, "bump"))
-    bumped = json.loads(bump_raw) if bump_raw is not None else {"reason": INITIAL, "detail": ""}
+    bumped = (yield from bump_record(p, current)) or {"reason": INITIAL, "detail": ""}
     reason, detail = str(bumped["reason"]), str(bumped.get("detail", ""))
     ordered = order_members(p, nodes, last_round=last["round"] if last else None)
     returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
@@ -278,9 +285,20 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     yield Set(k.last, json.dumps(last_now, sort_keys=True))
 
 
-def _still_current(p: Params, rnd: int) -> Generator[Op, Feedback, bool]:
+def _current(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
+    """The round key's value if the job is still at round `rnd`, else None."""
     cur, _ = yield Get(Keys(p.run_id).round)
-    return round_of(cur) == rnd
+    return cur if cur is not None and round_of(cur) == rnd else None
+
+
+def bump_record(p: Params, current: str | None) -> Generator[Op, Feedback, dict[str, Any] | None]:
+    """Why the round in `current` exists: the record its bumper wrote before moving the
+    round ({reason, by, detail, expected}); None for round 0 (nobody bumped it)."""
+    if current is None or ":" not in current:
+        return None
+    writer = current.split(":", 1)[1]
+    raw, _ = yield Get(Keys(p.run_id).bump(round_of(current), writer))
+    return dict(json.loads(raw)) if raw is not None else None
 
 
 def order_members(
@@ -374,18 +392,19 @@ def bump(
     (False: someone else already moved it, which is just as good).
 
     `by` must be the caller's node id: the new round value has to be unique to the writer,
-    or two callers bumping from the same round would both read their own value back and
-    both write the bump record and the expected count."""
+    or two callers bumping from the same round would both read their own value back.
+
+    The record (reason, detail, expected count) goes under the writer's own key *before*
+    the compare-and-set: once the round moves, its record exists. Written after it, a reply
+    lost on the compare-and-set left the round without one (the re-run finds the round
+    moved and does nothing): no reason, so a worker failure went uncharged, and no expected
+    count, so the round waited out its last call."""
     k = Keys(p.run_id)
     rnd = round_of(current)
     if reason in _NOT_WHILE_FINISHING and rnd >= 0 and (yield from round_finishing(p, rnd)):
         return False
+    record = {"reason": reason, "by": by, "detail": detail, "expected": max(expected, 0)}
+    yield Set(k.bump(rnd + 1, by), json.dumps(record, sort_keys=True))
     new = f"{rnd + 1}:{by}"
     result, _ = yield CompareSet(k.round, current, new)
-    if result != new:
-        return False
-    record = {"reason": reason, "by": by, "detail": detail}
-    yield Set(k.r(rnd + 1, "bump"), json.dumps(record, sort_keys=True))
-    if expected > 0:
-        yield Add(k.r(rnd + 1, "expected"), expected)
-    return True
+    return bool(result == new)

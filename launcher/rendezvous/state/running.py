@@ -3,7 +3,6 @@ heartbeats, and the exit barrier (joining and closing rounds live in protocol.py
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from launcher.rendezvous.state.protocol import (
     WORKER_FAILURE,
     _dead_after_s,
     bump,
+    bump_record,
     round_finishing,
 )
 
@@ -43,8 +43,8 @@ def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
     new = round_of(cur)
     if new == rnd:
         return None
-    record, _ = yield Get(k.r(new, "bump"))
-    return str(json.loads(record)["reason"]) if record is not None else "unknown"
+    record = yield from bump_record(p, cur)
+    return str(record["reason"]) if record is not None else "unknown"
 
 
 def report_failure(
