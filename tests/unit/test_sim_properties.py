@@ -120,20 +120,25 @@ def test_a_slot_whose_joiner_never_described_itself_is_left_out_by_number() -> N
     assert [(r.round, r.size) for r in result.rounds] == [(0, 2)]
 
 
+def _six_nodes(seed: int, faults: str) -> SimConfig:
+    """The shape of the random runs that found the two bugs below (CI's draw and a soak)."""
+    return SimConfig(
+        nodes=6,
+        min_nodes=1,
+        max_nodes=5,
+        seed=seed,
+        faults=parse_faults(faults),
+        read_timeout_s=5.0,
+        last_call_timeout_s=2.0,
+    )
+
+
 def test_fixed_a_closer_does_not_publish_a_round_its_joiners_gave_up() -> None:
     # Found by CI's random run: a joiner's descriptor write was lost, so the closer of round
     # 1 waited assign_timeout for it; meanwhile that joiner rejoined under a new id and the
     # job moved to rounds 2 and 3. The closer then published round 1 short (3 of 4) at
     # t=19 s. It now checks the round key while it waits and before it publishes.
-    cfg = SimConfig(
-        nodes=6,
-        min_nodes=1,
-        max_nodes=5,
-        seed=0,
-        faults=parse_faults("drop:0.05@2.3+5.3,crash:0@1.5"),
-        read_timeout_s=5.0,
-        last_call_timeout_s=2.0,
-    )
+    cfg = _six_nodes(0, "drop:0.05@2.3+5.3,crash:0@1.5")
     assert _broken([cfg]) == []
     drops = [f"drop:0.05@2.3+5.3,crash:0@{1.0 + i * 0.1:.1f}" for i in range(40)]
     more = _grid(6, drops, min_nodes=1, max_nodes=5, read_timeout_s=5.0, last_call_timeout_s=2.0)
@@ -144,15 +149,7 @@ def test_fixed_a_crashed_agent_stays_dead_when_its_request_waited_out_a_store_re
     # Simulator bug found by a random run: a request held while the store restarted was
     # re-queued under the agent's current token, so a node crashed meanwhile got the reply
     # and ran on without its heartbeat thread; it was declared dead every 4 s forever.
-    cfg = SimConfig(
-        nodes=6,
-        min_nodes=1,
-        max_nodes=5,
-        seed=2820957490,
-        faults=parse_faults("crash:2-3@11.3,restart@14.7+5.5,restart@5.2+9.8"),
-        read_timeout_s=5.0,
-        last_call_timeout_s=2.0,
-    )
+    cfg = _six_nodes(2820957490, "crash:2-3@11.3,restart@14.7+5.5,restart@5.2+9.8")
     result = simulate(cfg)
     assert result.ok, (result.safety, result.liveness)
     assert result.declared_dead == 0

@@ -4,6 +4,7 @@ No I/O anywhere below: time and store replies come in, store operations go out. 
 agent (launcher.rendezvous.dynamic) and the simulator (chaos.sim) drive these generators.
 """
 
+from launcher.rendezvous.state.bumps import bump
 from launcher.rendezvous.state.model import (
     EXCLUDED,
     FAILED,
@@ -29,7 +30,7 @@ from launcher.rendezvous.state.model import (
     round_of,
 )
 from launcher.rendezvous.state.outage import DEFAULT_WINDOW_S, Outage, backoff_s
-from launcher.rendezvous.state.protocol import bump, join
+from launcher.rendezvous.state.protocol import join
 from launcher.rendezvous.state.running import (
     WatchState,
     check_round,

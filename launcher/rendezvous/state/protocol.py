@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from typing import Any
 
+from launcher.rendezvous.state.bumps import (
+    CLOSER_LOST,
+    INITIAL,
+    NODE_LOST,
+    SCALE_UP,
+    WORKER_FAILURE,
+    bump,
+    bump_record,
+    round_finishing,
+)
 from launcher.rendezvous.state.model import (
     EXCLUDED,
     FAILED,
@@ -32,15 +41,6 @@ from launcher.rendezvous.state.model import (
 
 Gen = Generator[Op, Feedback, object]
 
-# Reasons a round exists; the first is round 0's.
-INITIAL, WORKER_FAILURE, SCALE_UP, NODE_LOST, NODE_LEFT, CLOSER_LOST = (
-    "initial",
-    "worker_failure",
-    "scale_up",
-    "node_lost",
-    "node_left",
-    "closer_lost",
-)
 # Spares and waiters poll less often than joiners: nothing they do is urgent.
 _SPARE_POLL_FACTOR = 10
 # How long a store host waits for the other members' goodbyes after the job is done.
@@ -291,16 +291,6 @@ def _current(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
     return cur if cur is not None and round_of(cur) == rnd else None
 
 
-def bump_record(p: Params, current: str | None) -> Generator[Op, Feedback, dict[str, Any] | None]:
-    """Why the round in `current` exists: the record its bumper wrote before moving the
-    round ({reason, by, detail, expected}); None for round 0 (nobody bumped it)."""
-    if current is None or ":" not in current:
-        return None
-    writer = current.split(":", 1)[1]
-    raw, _ = yield Get(Keys(p.run_id).bump(round_of(current), writer))
-    return dict(json.loads(raw)) if raw is not None else None
-
-
 def order_members(
     p: Params, nodes: list[tuple[int, NodeInfo]], *, last_round: int | None
 ) -> list[tuple[int, NodeInfo]]:
@@ -370,41 +360,3 @@ def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, 
 
 def _dead_after_s(p: Params) -> float:
     return p.keep_alive_interval_s * p.keep_alive_max_attempt
-
-
-# Once a member's workers all succeeded the training is over: the rest are in their last
-# steps (a final checkpoint, teardown), and a node that stopped beating has finished, not
-# died. A departure or a loss must not re-form the round then (a joiner waits for the end as
-# a spare: the scale-up call sites check first), while a worker failure still re-forms.
-_NOT_WHILE_FINISHING = frozenset({NODE_LOST, NODE_LEFT})
-
-
-def round_finishing(p: Params, rnd: int) -> Generator[Op, Feedback, bool]:
-    """Whether some member of round `rnd` has entered the exit barrier with success."""
-    finished, _ = yield Add(Keys(p.run_id).r(rnd, "succeeded"), 0)
-    return int(finished) > 0
-
-
-def bump(
-    p: Params, current: str | None, *, reason: str, by: str, expected: int, detail: str = ""
-) -> Generator[Op, Feedback, bool]:
-    """Moves the job from the round in `current` to the next one. True if this call did it
-    (False: someone else already moved it, which is just as good).
-
-    `by` must be the caller's node id: the new round value has to be unique to the writer,
-    or two callers bumping from the same round would both read their own value back.
-
-    The record (reason, detail, expected count) goes under the writer's own key *before*
-    the compare-and-set: once the round moves, its record exists. Written after it, a reply
-    lost on the compare-and-set left the round without one (the re-run finds the round
-    moved and does nothing): no reason, so a worker failure went uncharged, and no expected
-    count, so the round waited out its last call."""
-    k = Keys(p.run_id)
-    rnd = round_of(current)
-    if reason in _NOT_WHILE_FINISHING and rnd >= 0 and (yield from round_finishing(p, rnd)):
-        return False
-    record = {"reason": reason, "by": by, "detail": detail, "expected": max(expected, 0)}
-    yield Set(k.bump(rnd + 1, by), json.dumps(record, sort_keys=True))
-    new = f"{rnd + 1}:{by}"
-    result, _ = yield CompareSet(k.round, current, new)
-    return bool(result == new)

@@ -6,6 +6,14 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from launcher.rendezvous.state.bumps import (
+    NODE_LEFT,
+    NODE_LOST,
+    WORKER_FAILURE,
+    bump,
+    bump_record,
+    round_finishing,
+)
 from launcher.rendezvous.state.model import (
     FAILED,
     Add,
@@ -19,16 +27,7 @@ from launcher.rendezvous.state.model import (
     Sleep,
     round_of,
 )
-from launcher.rendezvous.state.protocol import (
-    _HOST_GRACE_S,
-    NODE_LEFT,
-    NODE_LOST,
-    WORKER_FAILURE,
-    _dead_after_s,
-    bump,
-    bump_record,
-    round_finishing,
-)
+from launcher.rendezvous.state.protocol import _HOST_GRACE_S, _dead_after_s
 
 # dead/<node>: "lost" when a watcher declared it, LEFT when the node itself gave it up.
 LEFT = "left"
