@@ -364,10 +364,10 @@ def test_spares_that_find_every_member_dead_bump_under_their_own_ids() -> None:
     sim.run()  # nobody beats r1/alive: both see every member dead
     assert all(t.done and t.result is None for t in spares)
     value = sim.store.get("rdzv/job/round") or ""
-    assert value in ("2:s0", "2:s1")
+    assert value in ("2:s0+node_lost", "2:s1+node_lost")
     assert _record(sim, 2) == {
         "reason": "node_lost",
-        "by": value[2:],
+        "by": value[2:4],
         "detail": "all",
         "expected": 0,
     }
@@ -405,7 +405,7 @@ def test_a_bump_whose_compare_and_set_reply_was_lost_still_has_its_record() -> N
     step.close()
     rerun = sim.spawn("again", report_failure(p, round0[1], by="n1", detail="rank 3 exit 1"))
     sim.run()
-    assert rerun.done and sim.store.get("rdzv/job/round") == "1:n1"
+    assert rerun.done and sim.store.get("rdzv/job/round") == "1:n1+worker_failure"
     started = sim.now
     rejoin = [sim.spawn(f"n{i}", join(p, node(i, prev=round0[i]), now=sim.now)) for i in range(2)]
     sim.run()
@@ -418,6 +418,24 @@ def test_a_bump_whose_compare_and_set_reply_was_lost_still_has_its_record() -> N
     )
     # 2 of MAX 3: only the expected count closes it before the last call.
     assert sim.now - started < p.last_call_timeout_s
+
+
+def test_one_node_bumping_for_two_reasons_at_once_leaves_one_record() -> None:
+    # Node n0's successor crashed: its heartbeat thread declares it lost while its main
+    # thread reports the worker failure the crash caused (gloo), both from round 1. Only
+    # one may win, and the winner's record (its expected count above all) must stand: the
+    # loser used to read its own value back, think it won and overwrite the record.
+    p = params()
+    sim = Sim(seed=4)
+    sim.store.set("rdzv/job/round", "1:n0")
+    tasks = [
+        sim.spawn("beat", bump(p, "1:n0", reason="node_lost", by="n0", expected=2)),
+        sim.spawn("main", bump(p, "1:n0", reason="worker_failure", by="n0", expected=3)),
+    ]
+    sim.run()
+    assert sorted(t.result for t in tasks) == [False, True]
+    record = _record(sim, 2)
+    assert record["expected"] == (2 if record["reason"] == "node_lost" else 3)
 
 
 def _record(sim: Sim, rnd: int) -> dict[str, object]:

@@ -51,8 +51,11 @@ def bump(
     """Moves the job from the round in `current` to the next one. True if this call did it
     (False: someone else already moved it, which is just as good).
 
-    `by` must be the caller's node id: the new round value has to be unique to the writer,
-    or two callers bumping from the same round would both read their own value back.
+    The new round value names the writer as `<by>+<reason>` (`by`: the caller's node id):
+    it must be unique to the writer, or two callers bumping from the same round would both
+    read their own value back. The reason is part of it because one node can bump for two
+    reasons at once: its heartbeat thread declaring its successor lost while its main
+    thread reports the worker failure that loss caused.
 
     The record (reason, detail, expected count) goes under the writer's own key *before*
     the compare-and-set: once the round moves, its record exists. Written after it, a reply
@@ -63,9 +66,10 @@ def bump(
     rnd = round_of(current)
     if reason in _NOT_WHILE_FINISHING and rnd >= 0 and (yield from round_finishing(p, rnd)):
         return False
+    writer = f"{by}+{reason}"
     record = {"reason": reason, "by": by, "detail": detail, "expected": max(expected, 0)}
-    yield Set(k.bump(rnd + 1, by), json.dumps(record, sort_keys=True))
-    new = f"{rnd + 1}:{by}"
+    yield Set(k.bump(rnd + 1, writer), json.dumps(record, sort_keys=True))
+    new = f"{rnd + 1}:{writer}"
     result, _ = yield CompareSet(k.round, current, new)
     return bool(result == new)
 

@@ -7,7 +7,8 @@ the very same generators against a simulated store on a virtual clock.
 
 Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickles):
 
-    round               "<r>:<writer>" the round now forming or running (CAS to bump)
+    round               "<r>:<writer>" the round now forming or running (CAS to bump);
+                        <writer> is "<node id>+<reason>" (round 0: the first joiner's id)
     r<r>/seq            counter: join order; slot = value - 1
     r<r>/node/<slot>    the joiner's NodeInfo
     r<r>/bump/<writer>  why round r exists {reason, by, detail, expected}: written by each
