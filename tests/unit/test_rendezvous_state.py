@@ -43,6 +43,13 @@ def node(i: int, *, nproc: int = 2, prev: Assignment | None = None, addr: str = 
     )
 
 
+def first_round(sim: Sim, p: Params, count: int) -> list[Assignment]:
+    """Nodes n0..n<count-1> join at once; their assignments, in node order."""
+    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(count)]
+    sim.run()
+    return [t.result for t in tasks]
+
+
 def check_round(results: list[Assignment]) -> None:
     assert len({a.round for a in results}) == 1
     sizes = {a.group_world_size for a in results}
@@ -126,9 +133,7 @@ def test_scale_up_bumps_the_round_and_keeps_survivor_order() -> None:
 def test_worker_failure_is_charged_job_wide_until_budget_spent() -> None:
     p = params(min_nodes=2, max_nodes=2, max_restarts=1)
     sim = Sim(seed=5)
-    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
-    sim.run()
-    current = [t.result for t in tasks]
+    current = first_round(sim, p, 2)
     for expected_count, expected_status in [(1, "ok"), (2, "failed")]:
         sim.spawn("fail", report_failure(p, current[1], by="n1", detail="rank 3 exit 1"))
         sim.run()
@@ -149,9 +154,7 @@ def test_a_worker_failure_that_comes_with_a_lost_node_is_labelled_node_lost() ->
     # of the loss: node_lost naming the missing member, not charged (torchrun charges it).
     p = params(min_nodes=1, max_nodes=3)
     sim = Sim(seed=8)
-    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
-    sim.run()
-    round0 = [t.result for t in tasks]
+    round0 = first_round(sim, p, 3)
     sim.spawn("fail", report_failure(p, round0[0], by="n0", detail="rank 0 exit 1"))
     sim.run()
     rejoin = [sim.spawn(f"n{i}", join(p, node(i, prev=round0[i]), now=sim.now)) for i in (0, 1)]
@@ -178,9 +181,7 @@ def test_a_worker_failure_that_comes_with_a_lost_node_is_labelled_node_lost() ->
 def test_node_loss_detected_by_watcher_and_not_charged() -> None:
     p = params(min_nodes=1, max_nodes=3, keep_alive_interval_s=1.0, keep_alive_max_attempt=3)
     sim = Sim(seed=6)
-    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(3)]
-    sim.run()
-    round0 = [t.result for t in tasks]
+    round0 = first_round(sim, p, 3)
     watcher = next(a for a in round0 if a.watch == "n2")
     state = WatchState(round=0, group_world_size=3, watched="n2")
     outcomes = []
@@ -394,9 +395,7 @@ def test_a_bump_whose_compare_and_set_reply_was_lost_still_has_its_record() -> N
     # has no reason (the failure goes uncharged) and no expected count (a last-call wait).
     p = params(min_nodes=1, max_nodes=3, max_restarts=3)
     sim = Sim(seed=3)
-    tasks = [sim.spawn(f"n{i}", join(p, node(i), now=0.0)) for i in range(2)]
-    sim.run()
-    round0 = [t.result for t in tasks]
+    round0 = first_round(sim, p, 2)
     step = report_failure(p, round0[1], by="n1", detail="rank 3 exit 1")
     op = next(step)
     while not (isinstance(op, CompareSet) and op.key == "rdzv/job/round"):
