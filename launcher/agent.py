@@ -37,6 +37,7 @@ from launcher.failures.report import (
 )
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
+from launcher.workers.containment import choose as choose_containment
 from launcher.workers.env import (
     RoundContext,
     WorkerRanks,
@@ -95,8 +96,14 @@ class Agent:
         self.host = config.local_addr or socket.getfqdn()
         self.node_id = self.host
         self._agent_env = dict(os.environ if environ is None else environ)
-        # Fork the guardian before any thread exists (the pump and the store start threads).
+        # Fork before any thread exists (the pump and the store start threads): the cgroup
+        # probe and the guardian.
+        self.containment = choose_containment(config.containment)
         self.guardian = Guardian()
+        self.containment.spared = frozenset({self.guardian.pid})
+        if self.containment.cgroups is not None:
+            self.guardian.contain_cgroup(self.containment.cgroups.base)
+        self.guardian.contain_token(self.containment.token)
         self.pump = OutputPump()
         self.logs = RunLogs(config)
         paths = [config.event_log] if config.event_log else []
@@ -105,7 +112,13 @@ class Agent:
         if config.event_log_console:  # --event-log-handler console
             paths.append(Path("/dev/stderr"))
         self.events = ev.EventLog(run_id=config.run_id, node_id=self.node_id, paths=paths)
-        self.group = WorkerGroup(guardian=self.guardian, pump=self.pump, on_exit=self._on_exit)
+        self.group = WorkerGroup(
+            guardian=self.guardian,
+            containment=self.containment,
+            pump=self.pump,
+            on_exit=self._on_exit,
+            events=self.events,
+        )
         self.group.register_wakeup(inbox.read_fd)
         self.restart_count = 0
         self._attempt_failures: list[WorkerFailure] = []
@@ -125,6 +138,8 @@ class Agent:
             rdzv_endpoint=cfg.rdzv_endpoint,
             entrypoint=cfg.entrypoint.name,
             run_dir=str(self.logs.run_dir) if self.logs.run_dir else None,
+            containment=self.containment.mechanism,
+            containment_reason=self.containment.reason,
         )
         try:
             result = self._loop()
@@ -386,8 +401,9 @@ class Agent:
         return AgentResult(outcome=SIGNALED, exit_code=128 + signum, restarts=self.restart_count)
 
     def _close(self) -> None:
-        if self.group.running:
-            self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
+        # Also after success: what the workers started and left running is stopped.
+        self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
+        self.group.close()
         self.group.wait_output()
         self.pump.stop()
         if self._rendezvous is not None:

@@ -274,6 +274,7 @@ class LaunchConfig:
     virtual_local_rank: bool
     event_log: Path | None
     event_log_console: bool = False
+    containment: str = "auto"  # auto, cgroup or subreaper (launcher.workers.containment)
 
     @property
     def rdzv_endpoint(self) -> str:

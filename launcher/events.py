@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Event names, `component.subject.action`. Kept as constants so producers and checkers
 # cannot drift apart by a typo.
@@ -32,6 +32,7 @@ GROUP_FAILED = "group.failed"
 GROUP_RESTART = "group.restart"
 GROUP_STOPPED = "group.stopped"
 GROUP_SUCCEEDED = "group.succeeded"
+GROUP_DESCENDANTS_STOPPED = "group.descendants.stopped"
 
 KNOWN_EVENTS = frozenset(
     {
@@ -48,6 +49,7 @@ KNOWN_EVENTS = frozenset(
         GROUP_RESTART,
         GROUP_STOPPED,
         GROUP_SUCCEEDED,
+        GROUP_DESCENDANTS_STOPPED,
     }
 )
 

@@ -200,6 +200,16 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "for a restart (torchrun: 30, fixed).",
     )
 
+    ext.add_argument(
+        *_flag_names("--containment"),
+        dest="containment",
+        choices=["auto", "cgroup", "subreaper"],
+        default=env.get("PET_CONTAINMENT", "auto"),
+        help=EXTENSION + "How every process the workers start is kept within reach, even one "
+        "that detaches (setsid, double fork): a cgroup v2 per worker group (needs root or a "
+        "delegated cgroup), or the agent as child subreaper; auto takes the first available.",
+    )
+
     parser.add_argument("training_script", help="Script, module (-m) or binary (--no-python).")
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return parser

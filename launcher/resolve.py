@@ -238,6 +238,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         raise ConfigError(f"{shutdown!r} is not a number", flag="--shutdown-timeout") from None
     if shutdown_s < 0:
         raise ConfigError("shutdown_timeout must be non-negative", flag="--shutdown-timeout")
+    if args.containment not in ("auto", "cgroup", "subreaper"):
+        raise ConfigError(
+            f"unknown mode {args.containment!r}",
+            fix="use auto, cgroup or subreaper",
+            flag="--containment",
+        )
     if args.restart_grace < 0:
         raise ConfigError("must be non-negative", flag="--restart-grace")
     if args.event_log_handler not in ("null", "console", "dynamic_rendezvous"):
@@ -283,4 +289,5 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         virtual_local_rank=bool(args.virtual_local_rank),
         event_log=event_log,
         event_log_console=args.event_log_handler == "console",
+        containment=str(args.containment),
     )

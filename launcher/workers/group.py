@@ -2,8 +2,10 @@
 
 Exits are noticed as they happen: each worker has a pidfd in a selector, so the agent
 wakes the moment a worker dies instead of at the next poll. Every worker leads its own
-process group (like torchrun), so a stop reaches the worker's children too; when a worker
-is reaped, whatever is left of its group is killed, so nothing it started outlives it.
+process group (like torchrun); when a worker is reaped, whatever is left of its group is
+killed. A group's workers also share one containment scope (a cgroup, or the subreaper's
+tree: launcher.workers.containment), so a stop reaches every process they started, even one
+that left the process group and its session; the group is over only once the scope is empty.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from launcher import events as ev
 from launcher.errors import WorkerStartError
+from launcher.workers.containment import Containment, Scope
+from launcher.workers.descendants import TOKEN_VAR, with_token
 from launcher.workers.env import WorkerRanks
 from launcher.workers.guardian import Guardian
 from launcher.workers.logs import DEVNULL, FILE, TEE, StreamRoute, open_for_append
@@ -65,11 +70,16 @@ class WorkerGroup:
         self,
         *,
         guardian: Guardian,
+        containment: Containment,
         pump: OutputPump,
         on_exit: Callable[[Worker], None],
+        events: ev.EventSink,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._guardian = guardian
+        self._containment = containment
+        self._scope: Scope | None = None
+        self._events = events
         self._pump = pump
         self._on_exit = on_exit
         self._clock = wall_clock
@@ -83,6 +93,7 @@ class WorkerGroup:
     # -- start ---------------------------------------------------------------------------
     def start(self, specs: Iterable[WorkerSpec]) -> None:
         self.workers = []
+        self._scope = self._containment.new_scope(owned=self._unreaped)
         try:
             for spec in specs:
                 self.workers.append(self._spawn(spec))
@@ -108,16 +119,26 @@ class WorkerGroup:
                 return write_fd
             return None
 
+        assert self._scope is not None  # start() made it
+        env = dict(spec.env)
+        env[TOKEN_VAR] = with_token(env.get(TOKEN_VAR), self._containment.token)
         try:
             stdout, stderr = target(spec.stdout), target(spec.stderr)
             proc = subprocess.Popen(
-                spec.argv, env=spec.env, stdout=stdout, stderr=stderr, start_new_session=True
+                spec.argv,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                # Only an os.write on an open fd (CgroupScope.preexec): no lock to deadlock on.
+                preexec_fn=self._scope.preexec(),  # noqa: PLW1509
             )
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             for fd, _ in tee_reads:
                 os.close(fd)
+            problem = err.strerror if isinstance(err, OSError) else None
             raise WorkerStartError(
-                err.strerror or str(err), local_rank=spec.ranks.local_rank, command=spec.argv[0]
+                problem or str(err), local_rank=spec.ranks.local_rank, command=spec.argv[0]
             ) from err
         finally:
             for fd in closers:
@@ -133,6 +154,9 @@ class WorkerGroup:
     @property
     def running(self) -> list[Worker]:
         return [w for w in self.workers if w.exitcode is None]
+
+    def _unreaped(self) -> set[int]:
+        return {w.pid for w in self.running}
 
     def wait(self, timeout_s: float | None) -> bool:
         """Blocks until a worker exits, a wakeup fd is readable or the timeout passes.
@@ -171,17 +195,31 @@ class WorkerGroup:
     def signal_all(self, sig: int) -> None:
         for worker in self.running:
             _killpg(worker.pid, sig)
+        if self._scope is not None:
+            self._scope.signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, *, grace_s: float) -> None:
-        """Sends `sig` to every running worker, SIGKILLs those alive after `grace_s`."""
-        live = self.running
-        for worker in live:
+        """Sends `sig` to every process of the group (workers and whatever they started),
+        SIGKILLs what is alive after `grace_s`, and ends the group's scope. Also the sweep
+        after a group whose workers all exited: their detached descendants go the same way."""
+        scope = self._scope
+        for worker in self.running:
             worker.stopped_by_agent = True
+        workers = {w.pid for w in self.workers}
+        strays = [p for p in scope.pids() if _pgid(p) not in workers] if scope is not None else []
         self.signal_all(sig)
-        self._wait_all(time.monotonic() + grace_s)
-        if self.running:
-            self.signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        self._wait_all(deadline)
+        if scope is not None:
+            scope.wait_empty(max(0.0, deadline - time.monotonic()))
+        killed: list[int] = []
+        if self.running or (scope is not None and scope.pids()):
+            for worker in self.running:
+                _killpg(worker.pid, signal.SIGKILL)
+            killed = scope.kill() if scope is not None else []
             self._wait_all(time.monotonic() + _KILL_WAIT_S)
+            if scope is not None:
+                scope.wait_empty(max(0.0, _KILL_WAIT_S))
         for worker in self.running:
             log.error(
                 "worker pid %d (local_rank %d) did not exit after SIGKILL; it is probably "
@@ -189,6 +227,26 @@ class WorkerGroup:
                 worker.pid,
                 worker.local_rank,
             )
+        if strays:
+            self._events.emit(
+                ev.GROUP_DESCENDANTS_STOPPED,
+                pids=strays,
+                signal=signal.Signals(sig).name,
+                killed=sorted(set(killed) - workers),
+                mechanism=self._containment.mechanism,
+            )
+            log.warning(
+                "stopped %d process(es) the workers started outside their process groups: %s",
+                len(strays),
+                ", ".join(map(str, strays)),
+            )
+        if scope is not None:
+            scope.remove()
+            self._scope = None
+
+    def close(self) -> None:
+        """The agent is done with workers: removes the containment (the launcher's cgroup)."""
+        self._containment.close()
 
     def _wait_all(self, deadline: float) -> None:
         while self.running:
@@ -205,6 +263,13 @@ class WorkerGroup:
         for worker in self.workers:
             for done in worker.output_done:
                 done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _killpg(pgid: int, sig: int) -> None:
