@@ -35,6 +35,7 @@ from launcher.failures.report import (
     root_cause,
     signal_name,
 )
+from launcher.inbox import SignalInbox
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
 from launcher.workers.containment import choose as choose_containment
@@ -62,23 +63,6 @@ class AgentResult:
     exit_code: int
     restarts: int
     failures: tuple[WorkerFailure, ...] = ()
-
-
-class SignalInbox:
-    """Signals caught by the CLI's handlers, delivered to the agent through a pipe so a
-    blocked wait wakes at once (the CLI installs handlers before anything starts)."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.received: list[int] = []
-
-    def drain(self) -> list[int]:
-        try:
-            while data := os.read(self.read_fd, 64):
-                self.received.extend(data)
-        except BlockingIOError:
-            pass
-        return self.received
 
 
 class Agent:

@@ -29,8 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     _configure_logging()
     # Imported here so `--help` and argument errors cost as little as possible.
-    from launcher.agent import Agent, SignalInbox
+    from launcher.agent import Agent
     from launcher.flags import parse_args
+    from launcher.inbox import SignalInbox
     from launcher.resolve import resolve
 
     inbox = SignalInbox()

@@ -314,6 +314,16 @@ class DockerTopology(LocalTopology):
                 for pid in procs.tree(root):
                     self._learn(pid, index, trusted=True)
 
+    def _not_job(self, pid: int) -> bool:
+        """docker-init, the node's shell and the shell's `sleep`s have the container's
+        environment, marker included, but are not the job's."""
+        for ctr in self._ctrs.values():
+            if pid in (ctr.init.pid, ctr.shell.pid):
+                return True
+            if procs.parent(pid) == ctr.shell.pid and pid != ctr.agent.pid:
+                return True
+        return False
+
     def node_pids(self, index: int) -> list[int]:
         self.refresh()
         agent = self._ctrs[index].agent.pid

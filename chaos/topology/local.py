@@ -307,7 +307,20 @@ class LocalTopology:
 
     def job_pids(self) -> list[int]:
         self.refresh()
+        self._learn_marked()
         return sorted(ident.pid for ident in self._alive())
+
+    def _learn_marked(self) -> None:
+        """Every process carrying this run's CHAOS_RUN_ID, however it left the agent's tree (a
+        helper that called setsid and was reparented to init is no worker and in no event)."""
+        for pid, env in procs.marked("CHAOS_RUN_ID", self.run_id).items():
+            node = env.get("CHAOS_NODE", "")
+            if node.isdigit() and int(node) in self._nodes and not self._not_job(pid):
+                self._learn(pid, int(node), trusted=True)
+
+    def _not_job(self, pid: int) -> bool:
+        """Processes of the node's own plumbing that carry the marker too (none here)."""
+        return False
 
     def host_pid(self, index: int, node_pid: int) -> int | None:
         """The harness's pid of a process that node `index` knows as `node_pid` (the same

@@ -71,6 +71,26 @@ def environ(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
+def marked(name: str, value: str) -> dict[int, dict[str, str]]:
+    """Every live process whose environment has `name=value`, with that environment.
+
+    An environment is inherited across fork and exec, so this finds a job's processes however
+    they detached (setsid, double fork, reparented to init): no tree walk or process group
+    can. It cannot see one that replaced its environment."""
+    wanted = f"{name}={value}".encode()
+    found: dict[int, dict[str, str]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if wanted in raw.split(b"\0") and proc_start(int(entry.name)) is not None:
+            found[int(entry.name)] = environ(int(entry.name))
+    return found
+
+
 def ns_pid(pid: int) -> int | None:
     """The pid that process has in its own (innermost) PID namespace (a container's)."""
     try:

@@ -3,6 +3,7 @@
 Usage (one process per rank, under `launcher` or `torchrun`):
 
     train.py --steps N --step-s S --checkpoint-every K --ckpt-dir DIR [--pg-timeout-s T]
+             [--detached-helper]
 
 Every rank resumes from DIR/ckpt.pt (step + model + optimizer state) when it exists, trains
 a tiny MLP on synthetic data up to step N, and sleeps S seconds per step so faults land while
@@ -25,6 +26,7 @@ import datetime
 import gc
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--ckpt-dir", type=Path, required=True)
     parser.add_argument("--pg-timeout-s", type=float, default=30.0)
+    parser.add_argument(
+        "--detached-helper",
+        action="store_true",
+        help="start a helper that leaves the worker's session (as `nohup cmd &` in a new "
+        "session does): it outlives the worker unless the launcher contains it",
+    )
     return parser.parse_args()
+
+
+def start_detached_helper() -> None:
+    """A shell in a new session backgrounds `sleep` and exits: the sleep is in no process group
+    of the worker's and its parent is gone (reparented to init or a subreaper)."""
+    shell = "sleep 600 </dev/null >/dev/null 2>&1 &"
+    subprocess.run(["/bin/sh", "-c", shell], start_new_session=True, check=True)
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict[str, Any] | None:
@@ -107,6 +122,8 @@ def main() -> None:
     args = parse_args()
     env = os.environ
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    if args.detached_helper:
+        start_detached_helper()
     torch.set_num_threads(1)  # many ranks share two cores
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
