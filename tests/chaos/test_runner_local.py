@@ -223,3 +223,33 @@ def test_partition_is_refused_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="netns or docker"):
         run_scenario(make_scenario("partition", faults=(cut,)), run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "history.jsonl").exists()
+
+
+def test_hygiene_finds_helpers_that_left_their_session(tmp_path: Path) -> None:
+    """torchrun stops process groups only: a helper in a new session, reparented to init, is
+    in no agent tree, no event and no step report. The run's environment marker finds it."""
+    import dataclasses
+
+    from chaos.checkers.hygiene import HygieneChecker
+    from chaos.topology import procs
+
+    scenario = make_scenario("detached", nodes=1, steps=5)
+    scenario = dataclasses.replace(
+        scenario, workload=dataclasses.replace(scenario.workload, args=("--detached-helper",))
+    )
+    lines: list[str] = []
+    result = run_scenario(
+        scenario,
+        run_dir=tmp_path / "run",
+        seed=None,
+        backend=None,
+        launcher="torchrun",
+        progress=lines.append,
+    )
+    history = load_history(tmp_path / "run")
+    info = describe(history, lines)
+    verdict = HygieneChecker().check(history, scenario)
+    assert verdict.status == "fail", info
+    left = verdict.measured["leftover_pids"]
+    assert left and list(result.leftover_pids) == left, info
+    assert not [pid for pid in left if procs.proc_start(pid) is not None]  # teardown took them
