@@ -73,7 +73,9 @@ class _Channel:
             os.close(fd)
         now = _monotonic()
         HEADER.pack_into(self._mm, 0, b"", VERSION, os.getpid(), now)
-        self._mm[0 : len(MAGIC)] = MAGIC
+        BEAT.pack_into(self._mm, BEAT_OFFSET, 0, -1, 0.0, 0.0, 0, 0)
+        PHASE.pack_into(self._mm, PHASE_OFFSET, 0, b"", NO_TIMEOUT, 0.0, 0)
+        self._mm[0 : len(MAGIC)] = MAGIC  # last: a reader ignores the file until it is whole
         self._seq = itertools.count(1)
         self._pack_beat = BEAT.pack_into
         self._since = now  # start of the current beat interval (phases restart it)
