@@ -1,8 +1,9 @@
 """Dependency rules of docs/design (checked in CI):
 1. launcher never imports chaos, tests or yaml;
-2. launcher/failures/record.py uses only the standard library;
+2. what user scripts import uses only the standard library: launcher/failures/record.py and
+   launcher/progress/ (__init__.py and the layout.py it shares with the reader);
 3. chaos imports from launcher only launcher.events (and the simulator launcher.rendezvous.state);
-4. importing the CLI does not import torch.
+4. importing the CLI or launcher.progress does not import torch.
 """
 
 from __future__ import annotations
@@ -32,19 +33,28 @@ def main() -> int:
         for name in imports(path):
             if name.split(".")[0] in ("chaos", "tests", "yaml"):
                 problems.append(f"{path}: launcher must not import {name}")
-    record = ROOT / "launcher" / "failures" / "record.py"
-    for name in imports(record):
-        top = name.split(".")[0]
-        if top != "__future__" and top not in sys.stdlib_module_names:
-            problems.append(f"{record}: record.py must use only the standard library, not {name}")
+    worker_side = {
+        ROOT / "launcher" / "failures" / "record.py": (),
+        ROOT / "launcher" / "progress" / "__init__.py": ("launcher.progress.layout",),
+        ROOT / "launcher" / "progress" / "layout.py": (),
+    }
+    for path, allowed_here in worker_side.items():
+        for name in imports(path):
+            top = name.split(".")[0]
+            if top == "__future__" or top in sys.stdlib_module_names:
+                continue
+            if name.startswith(allowed_here):
+                continue
+            problems.append(f"{path}: user scripts import it: standard library only, not {name}")
     allowed = ("launcher.events", "launcher.rendezvous.state")
     for path in (ROOT / "chaos").rglob("*.py"):
         for name in imports(path):
             if name.split(".")[0] == "launcher" and not name.startswith(allowed):
                 problems.append(f"{path}: chaos may use only {allowed} of launcher, not {name}")
-    probe = "import sys, launcher.cli; sys.exit('torch' in sys.modules)"
-    if subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode != 0:
-        problems.append("importing launcher.cli imports torch")
+    for module in ("launcher.cli", "launcher.progress"):
+        probe = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+        if subprocess.run([sys.executable, "-c", probe], check=False, cwd=ROOT).returncode != 0:
+            problems.append(f"importing {module} imports torch")
     for problem in problems:
         print(problem)
     return 1 if problems else 0

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from launcher.errors import ConfigError
+from launcher.progress.reader import SectionStats
+from launcher.progress.stragglers import (
+    RankMedian,
+    SectionSampler,
+    StragglerPolicy,
+    StragglerTracker,
+    WindowReport,
+)
+
+POLICY = StragglerPolicy()
+
+
+class FakeRank:
+    """A worker's cumulative section counters, as the agent reads them each poll."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total_s = 0.0
+
+    def run(self, durations: list[float]) -> list[SectionStats]:
+        for duration in durations:
+            self.count += 1
+            self.total_s += duration
+        return [SectionStats(name="compute", count=self.count, total_s=self.total_s, last_s=0.0)]
+
+
+def simulate(
+    rng: random.Random,
+    *,
+    ranks: int,
+    windows: int,
+    slow: dict[int, float] | None = None,
+    jitter: float = 0.1,
+    polls: int = 30,
+    calls_per_poll: int = 5,
+) -> list[WindowReport]:
+    """`ranks` equal ranks (plus the given slow-down factors) over `windows` windows: each poll
+    every rank runs a few sections of 100 ms with gaussian jitter and rare 3x pauses (GC)."""
+    slow = slow or {}
+    sampler = SectionSampler(node="n0")
+    tracker = StragglerTracker(POLICY)
+    workers = {rank: FakeRank() for rank in range(ranks)}
+    reports = []
+    for _ in range(windows):
+        for _ in range(polls):
+            for rank, worker in workers.items():
+                durations = [
+                    0.1
+                    * slow.get(rank, 1.0)
+                    * max(0.1, rng.gauss(1.0, jitter))
+                    * (3.0 if rng.random() < 0.02 else 1.0)
+                    for _ in range(calls_per_poll)
+                ]
+                sampler.observe(rank, worker.run(durations))
+        reports.append(tracker.add_window(sampler.close_window()))
+    return reports
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_false_positive_on_equal_ranks_with_jitter(seed: int) -> None:
+    reports = simulate(random.Random(seed), ranks=8, windows=20, jitter=0.15)
+    assert [s for report in reports for s in report.stragglers] == []
+    for report in reports:
+        (stats,) = report.stats
+        assert stats.ranks == 8
+        assert all(score > 0.9 for _, score in stats.slowest)
+
+
+def test_a_slow_rank_is_reported_from_its_third_slow_window() -> None:
+    reports = simulate(random.Random(7), ranks=4, windows=5, slow={2: 1.5})
+    assert [r.stragglers for r in reports[:2]] == [(), ()]
+    for number, report in enumerate(reports[2:], start=3):
+        (event,) = report.stragglers
+        assert (event.rank, event.node, event.section, event.windows) == (
+            2,
+            "n0",
+            "compute",
+            number,
+        )
+        assert event.score == pytest.approx(1 / 1.5, abs=0.03)
+        assert event.median_s == pytest.approx(0.15, rel=0.03)
+        assert event.fastest_s == pytest.approx(0.1, rel=0.03)
+        assert report.stats[0].slowest[0][0] == 2
+
+
+def median(rank: int, median_s: float, samples: int = 10, section: str = "compute") -> RankMedian:
+    return RankMedian(rank=rank, node=None, section=section, median_s=median_s, samples=samples)
+
+
+def test_one_normal_window_breaks_the_streak() -> None:
+    tracker = StragglerTracker(POLICY)
+    slow = [median(0, 1.0), median(1, 2.0)]
+    even = [median(0, 1.0), median(1, 1.0)]
+    windows = [slow, slow, even, slow, slow, slow]
+    reports = [tracker.add_window(window) for window in windows]
+    assert [len(r.stragglers) for r in reports] == [0, 0, 0, 0, 0, 1]
+    assert reports[-1].stragglers[0].windows == 3
+    assert reports[-1].window == 6
+
+
+def test_thin_evidence_is_not_scored() -> None:
+    tracker = StragglerTracker(POLICY)
+    for _ in range(5):
+        report = tracker.add_window([median(0, 1.0), median(1, 9.0, samples=2)])
+    assert (report.stragglers, report.stats) == ((), ())
+
+
+def test_sections_are_scored_separately_with_a_summary_each() -> None:
+    tracker = StragglerTracker(StragglerPolicy(windows=1, top_k=2))
+    report = tracker.add_window(
+        [median(r, 1.0, section="compute") for r in range(3)]
+        + [
+            median(0, 0.2, section="data"),
+            median(1, 0.2, section="data"),
+            median(2, 0.4, section="data"),
+        ]
+    )
+    (event,) = report.stragglers
+    assert (event.rank, event.section, event.score, event.windows) == (2, "data", 0.5, 1)
+    compute, data = report.stats
+    assert (compute.section, compute.ranks, compute.min_s, compute.max_s) == (
+        "compute",
+        3,
+        1.0,
+        1.0,
+    )
+    assert (data.fastest_rank, data.median_s, data.slowest) == (0, 0.2, ((2, 0.5), (0, 1.0)))
+
+
+def test_the_sampler_turns_counters_into_per_poll_means() -> None:
+    sampler = SectionSampler(node="n1")
+    counters = [(2, 1.0), (2, 1.0), (6, 3.0), (7, 5.0)]  # nothing new in the second poll
+    for count, total_s in counters:
+        sampler.observe(3, [SectionStats(name="fwd", count=count, total_s=total_s, last_s=0.0)])
+    (row,) = sampler.close_window()
+    assert row == RankMedian(rank=3, node="n1", section="fwd", median_s=0.5, samples=3)
+    assert sampler.close_window() == ()
+
+
+def test_the_sampler_does_not_mix_a_restarted_workers_counters() -> None:
+    sampler = SectionSampler()
+    sampler.observe(0, [SectionStats(name="fwd", count=100, total_s=50.0, last_s=0.5)])
+    sampler.close_window()
+    sampler.observe(0, [SectionStats(name="fwd", count=3, total_s=0.3, last_s=0.1)])  # restarted
+    sampler.observe(0, [SectionStats(name="fwd", count=5, total_s=0.5, last_s=0.1)])
+    (row,) = sampler.close_window()
+    assert (row.median_s, row.samples) == (pytest.approx(0.1), 1)
+    sampler.observe(0, [SectionStats(name="fwd", count=9, total_s=0.9, last_s=0.1)])
+    sampler.forget(0)
+    assert sampler.close_window() == ()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"window_s": 0}, {"threshold": 1.0}, {"windows": 0}, {"min_samples": 0}]
+)
+def test_bad_policies_are_config_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        StragglerPolicy(**kwargs)
