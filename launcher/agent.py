@@ -80,6 +80,7 @@ class Agent:
         self.host = config.local_addr or socket.getfqdn()
         self.node_id = self.host
         self._agent_env = dict(os.environ if environ is None else environ)
+        self.logs = RunLogs(config)  # first: a log dir that cannot be made starts nothing
         # Fork before any thread exists (the pump and the store start threads): the cgroup
         # probe and the guardian.
         self.containment = choose_containment(config.containment)
@@ -89,7 +90,6 @@ class Agent:
             self.guardian.contain_cgroup(self.containment.cgroups.base)
         self.guardian.contain_token(self.containment.token)
         self.pump = OutputPump()
-        self.logs = RunLogs(config)
         paths = [config.event_log] if config.event_log else []
         if self.logs.run_dir is not None:
             paths.append(self.logs.run_dir / "events.jsonl")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.config import LaunchConfig, Std
+from launcher.errors import ConfigError
 
 PREFIX_TEMPLATE_ENV = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
 INHERIT = "inherit"
@@ -32,12 +33,22 @@ class RunLogs:
         self.run_dir: Path | None = None
         if not self.enabled:
             return
-        if config.log_dir is None:
-            base = Path(tempfile.mkdtemp(prefix="torchelastic_"))
-        else:
-            base = config.log_dir
-            base.mkdir(parents=True, exist_ok=True)
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{config.run_id}_", dir=base))
+        try:
+            if config.log_dir is None:
+                base = Path(tempfile.mkdtemp(prefix="torchelastic_"))
+            else:
+                base = config.log_dir
+                base.mkdir(parents=True, exist_ok=True)
+            self.run_dir = Path(tempfile.mkdtemp(prefix=f"{config.run_id}_", dir=base))
+        except OSError as err:
+            # resolve() checks what it can without writing; some file systems (/proc, /sys,
+            # a read-only mount) refuse only the mkdir itself.
+            where = err.filename or config.log_dir or tempfile.gettempdir()
+            raise ConfigError(
+                f"cannot create {str(where)!r}: {err.strerror or err}",
+                flag="--log-dir",
+                fix="choose a directory you can write to, or /dev/null for no files",
+            ) from err
 
     def new_attempt(self, restart_count: int) -> AttemptLogs:
         if self.run_dir is None:

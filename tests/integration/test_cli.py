@@ -67,6 +67,9 @@ def test_module_no_python_and_run_path(procs: Procs, tmp_path: Path) -> None:
         (["--nproc-per-node", "0", "{probe}"], "--nproc-per-node"),
         (["--rdzv-conf", "join_timeout=abc", "{probe}"], "join_timeout"),
         (["--log-dir", "{blocker}/sub", "{probe}"], "--log-dir"),
+        # access() says yes, only the mkdir itself fails
+        (["--log-dir", "/proc/launcher-log-dir", "{probe}"], "--log-dir: cannot create"),
+        (["--containment", "jail", "{probe}"], "--containment"),
         (["--no-python", "./not-a-binary", "{probe}"], "not-a-binary"),
         (["--rdzv-backend", "c10d", "--rdzv-endpoint", "a:1,b:2", "{probe}"], "one endpoint"),
         (["--rdzv-endpoint", "bad host!", "--nnodes", "2", "{probe}"], "--rdzv-endpoint"),
