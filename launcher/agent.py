@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import events as ev
+from launcher.announce import announce_exit, announce_restart, announce_round, announce_workers
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
 from launcher.failures.error_file import write_parent_error_file
@@ -33,12 +34,14 @@ from launcher.failures.report import (
     format_summary,
     observe_failure,
     root_cause,
-    signal_name,
 )
 from launcher.inbox import SignalInbox
+from launcher.progress.detector import HangPolicy
+from launcher.progress.incident import HangReport, respond
+from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
-from launcher.workers.containment import choose as choose_containment
+from launcher.workers.containment import guarded
 from launcher.workers.env import (
     RoundContext,
     WorkerRanks,
@@ -46,14 +49,14 @@ from launcher.workers.env import (
     worker_argv,
     worker_environment,
 )
-from launcher.workers.group import Worker, WorkerGroup, WorkerSpec
-from launcher.workers.guardian import Guardian
+from launcher.workers.group import Worker, WorkerGroup, WorkerSpec, dump_target
 from launcher.workers.logs import AttemptLogs, RunLogs, route_stream
 from launcher.workers.pump import OutputPump
 
 log = logging.getLogger(__name__)
 
 SUCCEEDED, FAILED, SIGNALED, MEMBERSHIP = "succeeded", "failed", "signaled", "membership"
+HUNG, HANG = "hung", "hang"  # a monitor state; the rendezvous reason it reports
 SPARE_DONE = "spare_done"
 
 
@@ -83,12 +86,7 @@ class Agent:
         self.logs = RunLogs(config)  # first: a log dir that cannot be made starts nothing
         # Fork before any thread exists (the pump and the store start threads): the cgroup
         # probe and the guardian.
-        self.containment = choose_containment(config.containment)
-        self.guardian = Guardian()
-        self.containment.spared = frozenset({self.guardian.pid})
-        if self.containment.cgroups is not None:
-            self.guardian.contain_cgroup(self.containment.cgroups.base)
-        self.guardian.contain_token(self.containment.token)
+        self.containment, self.guardian = guarded(config.containment)
         self.pump = OutputPump()
         paths = [config.event_log] if config.event_log else []
         if self.logs.run_dir is not None:
@@ -104,6 +102,16 @@ class Agent:
             events=self.events,
         )
         self.group.register_wakeup(inbox.read_fd)
+        self.watch = ProgressWatch(
+            policy=HangPolicy(hang_timeout_s=config.hang_timeout_s),
+            run_dir=self.logs.run_dir,
+            agent_env=self._agent_env,
+            events=self.events,
+            node=self.node_id,
+            allowed_pids=self.group.pids,
+        )
+        self._incident: Incident | None = None
+        self._changed: str | None = None
         self.restart_count = 0
         self._attempt_failures: list[WorkerFailure] = []
         self._round: RoundInfo | None = None
@@ -171,41 +179,13 @@ class Agent:
                 log.warning("the job ended while this node waited as a spare; exiting")
                 return AgentResult(outcome=SPARE_DONE, exit_code=0, restarts=self.restart_count)
             self._round = rnd
-            self.events.emit(
-                ev.RDZV_ROUND_COMPLETE,
-                round=rnd.round,
-                reason=rnd.reason,
-                group_rank=rnd.group_rank,
-                group_world_size=rnd.group_world_size,
-                world_size=rnd.world_size,
-                base_rank=rnd.base_global_rank,
-                restart_count=rnd.restart_count,
-                members=list(rnd.members),
-                master_addr=rnd.master_addr,
-                master_port=rnd.master_port,
-                budget_spent=rnd.budget_spent,
-            )
+            announce_round(self.events, rnd)
             if rnd.budget_spent:
                 rdzv.finish(succeeded=False)
                 return self._failed(failures, remote_detail=rnd.detail)
             self.restart_count = rnd.restart_count
             if rnd.reason != "initial":
-                self.events.emit(
-                    ev.GROUP_RESTART,
-                    reason=rnd.reason,
-                    restart_count=rnd.restart_count,
-                    max_restarts=self.config.max_restarts,
-                    charged=rnd.charged,
-                    detail=rnd.detail,
-                )
-                log.warning(
-                    "re-forming the worker group (%s%s): restart %d/%d%s",
-                    rnd.reason,
-                    f": {rnd.detail}" if rnd.detail else "",
-                    rnd.restart_count,
-                    self.config.max_restarts,
-                    "" if rnd.charged else " (not charged)",
-                )
+                announce_restart(self.events, rnd, max_restarts=self.config.max_restarts)
             failures = ()
             self._start_workers(rnd)
             state = self._monitor()
@@ -215,20 +195,58 @@ class Agent:
                 return AgentResult(outcome=SUCCEEDED, exit_code=0, restarts=self.restart_count)
             if state == SIGNALED:
                 return self._signaled(self.inbox.received[0])
+            hang = None
+            if state == HUNG and self._incident is not None:
+                # Tell the other nodes first: they dump their ranks while this one does.
+                rdzv.report_failure(f"{self._incident.detail} on {self.node_id}", reason=HANG)
+                hang = self._respond(rnd, self._incident)
+            elif state == MEMBERSHIP and self._changed == HANG:
+                self._respond(rnd, Incident(source="peer", rank=None, pid=None))
             self.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
-            if state == FAILED:
+            if hang is not None:
+                codes = {w.global_rank: w.exitcode or 0 for w in self.group.workers}
+                failures = hang.failures(codes)
+                self._report_failed(failures)
+            elif state == FAILED:
                 failures = tuple(self._attempt_failures)
-                self.events.emit(
-                    ev.GROUP_FAILED,
-                    restart_count=self.restart_count,
-                    failures=[failure_fields(f) for f in failures],
-                    root_cause=failure_fields(root_cause(failures)),
-                )
+                self._report_failed(failures)
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
+
+    def _report_failed(self, failures: tuple[WorkerFailure, ...]) -> None:
+        self.events.emit(
+            ev.GROUP_FAILED,
+            restart_count=self.restart_count,
+            failures=[failure_fields(f) for f in failures],
+            root_cause=failure_fields(root_cause(failures)),
+        )
+
+    def _respond(self, rnd: RoundInfo, incident: Incident) -> HangReport:
+        """Evidence first: every local rank's stack, then blame (the stop comes after)."""
+        report = respond(
+            incident,
+            [dump_target(w) for w in self.group.running],
+            snapshots=self.watch.snapshots(),
+            run_dir=self.logs.run_dir,
+            name=f"{rnd.round}-{self.restart_count}",
+            method=self.config.hang_dump,
+            events=self.events,
+            node=self.node_id,
+        )
+        log.warning(
+            "hang (%s): %s; blamed: %s; stacks in %s",
+            incident.source,
+            incident.detail,
+            report.blame.reason,
+            report.dir,
+        )
+        return report
 
     def _monitor(self) -> str:
         cfg = self.config
         next_check = time.monotonic() + cfg.monitor_interval_s
+        next_poll = time.monotonic() + self.watch.interval_s
+        self._incident = None
+        self._changed = None
         while True:
             if self.inbox.drain():
                 return SIGNALED
@@ -236,12 +254,19 @@ class Agent:
                 return FAILED
             if not self.group.running:
                 return SUCCEEDED
-            timeout = max(0.0, next_check - time.monotonic())
+            timeout = max(0.0, min(next_check, next_poll) - time.monotonic())
             self.group.wait(timeout)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + cfg.monitor_interval_s
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + self.watch.interval_s
+                self._incident = self.watch.poll(now)
+                if self._incident is not None:
+                    return HUNG
+            if now >= next_check:
+                next_check = now + cfg.monitor_interval_s
                 reason = self._rendezvous.check() if self._rendezvous is not None else None
                 if reason is not None:
+                    self._changed = reason
                     self.events.emit(ev.RDZV_CHANGED, reason=reason)
                     return MEMBERSHIP
 
@@ -262,23 +287,10 @@ class Agent:
             virtual_local_rank=cfg.virtual_local_rank,
         )
         specs = [self._spec(rnd, ctx, base, attempt, lr) for lr in range(cfg.nproc_per_node)]
+        self.watch.clear_files()
         self.group.start(specs)
-        for worker in self.group.workers:
-            r = worker.spec.ranks
-            self.events.emit(
-                ev.WORKER_STARTED,
-                round=rnd.round,
-                restart_count=self.restart_count,
-                local_rank=r.local_rank,
-                rank=r.global_rank,
-                role_rank=r.role_rank,
-                group_rank=r.group_rank,
-                world_size=r.world_size,
-                local_world_size=r.local_world_size,
-                group_world_size=r.group_world_size,
-                pid=worker.pid,
-                attempt_dir=str(attempt.dir) if attempt.dir else None,
-            )
+        self.watch.begin(self.group.workers, time.monotonic())
+        announce_workers(self.events, rnd, self.group.workers, attempt.dir)
 
     def _spec(
         self,
@@ -311,10 +323,12 @@ class Agent:
             )
             for stream in ("stdout", "stderr")
         }
+        env = worker_environment(base, ranks=ranks, round_ctx=ctx, error_file=error_file)
+        env.update(self.watch.worker_env(ranks.global_rank, base))
         return WorkerSpec(
             ranks=ranks,
             argv=worker_argv(cfg.entrypoint.argv, local_rank),
-            env=worker_environment(base, ranks=ranks, round_ctx=ctx, error_file=error_file),
+            env=env,
             stdout=routes["stdout"],
             stderr=routes["stderr"],
             error_file=error_file,
@@ -322,18 +336,7 @@ class Agent:
 
     def _on_exit(self, worker: Worker) -> None:
         code = worker.exitcode if worker.exitcode is not None else -1
-        self.events.emit(
-            ev.WORKER_EXITED,
-            round=self._round.round if self._round else -1,
-            restart_count=self.restart_count,
-            local_rank=worker.local_rank,
-            rank=worker.spec.ranks.global_rank,
-            pid=worker.pid,
-            exit_code=code,
-            signal=signal_name(code) if code < 0 else None,
-            stopped_by_agent=worker.stopped_by_agent,
-            runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
-        )
+        announce_exit(self.events, worker, self._round, self.restart_count)
         if code != 0:
             self._attempt_failures.append(
                 observe_failure(
@@ -388,6 +391,7 @@ class Agent:
         # Also after success: what the workers started and left running is stopped.
         self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
         self.group.close()
+        self.watch.close()
         self.group.wait_output()
         self.pump.stop()
         if self._rendezvous is not None:

@@ -275,6 +275,8 @@ class LaunchConfig:
     event_log: Path | None
     event_log_console: bool = False
     containment: str = "auto"  # auto, cgroup or subreaper (launcher.workers.containment)
+    hang_timeout_s: float = 300.0  # 0: hang detection off (launcher.progress.detector)
+    hang_dump: str = "auto"  # auto, py-spy or faulthandler (launcher.progress.dumps)
 
     @property
     def rdzv_endpoint(self) -> str:

@@ -33,6 +33,13 @@ GROUP_RESTART = "group.restart"
 GROUP_STOPPED = "group.stopped"
 GROUP_SUCCEEDED = "group.succeeded"
 GROUP_DESCENDANTS_STOPPED = "group.descendants.stopped"
+PROGRESS_ARMED = "progress.rank.armed"
+PROGRESS_STALLED = "progress.rank.stalled"
+HANG_DETECTED = "hang.incident.detected"
+HANG_STACK_DUMPED = "hang.stack.dumped"
+HANG_ATTRIBUTED = "hang.culprit.attributed"
+STRAGGLER_DETECTED = "straggler.rank.detected"
+STRAGGLER_STATS = "straggler.stats.reported"
 
 KNOWN_EVENTS = frozenset(
     {
@@ -50,6 +57,13 @@ KNOWN_EVENTS = frozenset(
         GROUP_STOPPED,
         GROUP_SUCCEEDED,
         GROUP_DESCENDANTS_STOPPED,
+        PROGRESS_ARMED,
+        PROGRESS_STALLED,
+        HANG_DETECTED,
+        HANG_STACK_DUMPED,
+        HANG_ATTRIBUTED,
+        STRAGGLER_DETECTED,
+        STRAGGLER_STATS,
     }
 )
 

@@ -210,6 +210,26 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "delegated cgroup), or the agent as child subreaper; auto takes the first available.",
     )
 
+    ext.add_argument(
+        *_flag_names("--hang-timeout"),
+        dest="hang_timeout",
+        default=env.get("PET_HANG_TIMEOUT", "300"),
+        help=EXTENSION + "Seconds a rank may go without progress (launcher.progress.beat, "
+        "once armed by its first beat) before the job is declared hung: stacks of every "
+        "rank are dumped, then a charged restart. The timeout grows to 5x the longest step "
+        "seen. 0 turns it off. Default 300: below NCCL's 10-minute collective timeout, so "
+        "every rank is still alive to be dumped.",
+    )
+    ext.add_argument(
+        *_flag_names("--hang-dump"),
+        dest="hang_dump",
+        choices=["auto", "py-spy", "faulthandler"],
+        default=env.get("PET_HANG_DUMP", "auto"),
+        help=EXTENSION + "How stacks are taken on a hang: py-spy (pip install "
+        "launcher[debug]; the process keeps running) or faulthandler (SIGABRT: the worker "
+        "prints its threads' stacks and dies); auto tries py-spy first.",
+    )
+
     parser.add_argument("training_script", help="Script, module (-m) or binary (--no-python).")
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return parser

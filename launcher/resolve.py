@@ -169,6 +169,26 @@ def _dup_filters(text: str) -> tuple[str, ...]:
     return tuple(p.replace(marker, ",") for p in text.replace(",,", marker).split(",") if p)
 
 
+def _hang_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(
+            f"{text!r} is not a number of seconds",
+            flag="--hang-timeout",
+            fix="e.g. --hang-timeout 600, or 0 to turn hang detection off",
+        )
+    return value
+
+
+def _choice(text: str, allowed: tuple[str, ...], flag: str) -> str:
+    if text not in allowed:
+        raise ConfigError(f"unknown value {text!r}", fix=f"use {', '.join(allowed)}", flag=flag)
+    return text
+
+
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> LaunchConfig:
     env = os.environ if environ is None else environ
     min_nodes, max_nodes = parse_nnodes(str(args.nnodes))
@@ -238,12 +258,6 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         raise ConfigError(f"{shutdown!r} is not a number", flag="--shutdown-timeout") from None
     if shutdown_s < 0:
         raise ConfigError("shutdown_timeout must be non-negative", flag="--shutdown-timeout")
-    if args.containment not in ("auto", "cgroup", "subreaper"):
-        raise ConfigError(
-            f"unknown mode {args.containment!r}",
-            fix="use auto, cgroup or subreaper",
-            flag="--containment",
-        )
     if args.restart_grace < 0:
         raise ConfigError("must be non-negative", flag="--restart-grace")
     if args.event_log_handler not in ("null", "console", "dynamic_rendezvous"):
@@ -289,5 +303,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         virtual_local_rank=bool(args.virtual_local_rank),
         event_log=event_log,
         event_log_console=args.event_log_handler == "console",
-        containment=str(args.containment),
+        containment=_choice(
+            str(args.containment), ("auto", "cgroup", "subreaper"), "--containment"
+        ),
+        hang_timeout_s=_hang_timeout(str(args.hang_timeout)),
+        hang_dump=_choice(str(args.hang_dump), ("auto", "py-spy", "faulthandler"), "--hang-dump"),
     )

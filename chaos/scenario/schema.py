@@ -25,7 +25,7 @@ TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
 PARTITION_MODES = ("drop", "reject")
 # Why a round formed (the launcher's `group.restart` reason, docs/event-log.md): the keys of
 # expect.restarts_by_reason. "initial" is not a restart.
-RESTART_REASONS = ("worker_failure", "scale_up", "node_lost", "node_left", "closer_lost")
+RESTART_REASONS = ("worker_failure", "hang", "scale_up", "node_lost", "node_left", "closer_lost")
 
 
 @dataclass(frozen=True, kw_only=True)

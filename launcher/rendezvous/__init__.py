@@ -49,7 +49,9 @@ class Rendezvous(Protocol):
         """Readable when `check` may have news (so the agent need not poll)."""
         ...
 
-    def report_failure(self, detail: str) -> None: ...
+    def report_failure(self, detail: str, *, reason: str = "worker_failure") -> None:
+        """Every node must restart (charged): a worker failed, or hung (reason "hang")."""
+        ...
 
     def finish(self, *, succeeded: bool = True) -> None:
         """The end of this node's part: its workers all succeeded, or the job failed (the

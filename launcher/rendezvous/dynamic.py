@@ -231,13 +231,17 @@ class DynamicRendezvous:
     def wakeup_fd(self) -> int | None:
         return self._wake_r
 
-    def report_failure(self, detail: str) -> None:
+    def report_failure(self, detail: str, *, reason: str = "worker_failure") -> None:
         a = self.assignment
         if a is None:
             return
         try:
             # Re-running it is safe: it bumps only the round it read, by compare-and-set.
-            self._retrying(lambda: report_failure(self.params, a, by=self.node_id, detail=detail))
+            self._retrying(
+                lambda: report_failure(
+                    self.params, a, by=self.node_id, detail=detail, reason=reason
+                )
+            )
         except Interrupted:
             return  # a signal: the agent's loop handles it next
 

@@ -65,6 +65,7 @@ class LocalRendezvous:
         self._round = -1
         self._restart_count = 0
         self._pending_failure: str | None = None
+        self._pending_reason = "worker_failure"
 
     def next_round(self) -> RoundInfo:
         self._round += 1
@@ -88,7 +89,7 @@ class LocalRendezvous:
             master_port=self.master_port,
             use_agent_store=True,
             restart_count=self._restart_count,
-            reason="initial" if self._round == 0 else "worker_failure",
+            reason="initial" if self._round == 0 else self._pending_reason,
             charged=detail is not None,
             budget_spent=self._restart_count > self._config.max_restarts,
             detail=detail or "",
@@ -101,8 +102,9 @@ class LocalRendezvous:
     def wakeup_fd(self) -> int | None:
         return None
 
-    def report_failure(self, detail: str) -> None:
+    def report_failure(self, detail: str, *, reason: str = "worker_failure") -> None:
         self._pending_failure = detail
+        self._pending_reason = reason
 
     def finish(self, *, succeeded: bool = True) -> None:
         return None

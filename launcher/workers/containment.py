@@ -24,6 +24,7 @@ from typing import Protocol
 from launcher.errors import LauncherError
 from launcher.workers import descendants
 from launcher.workers.cgroup import CgroupTree, CgroupUnavailable
+from launcher.workers.guardian import Guardian
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +148,15 @@ def choose(mode: str) -> Containment:
     chosen = Containment(mechanism=SUBREAPER, reason=reason, token=token)
     log.info("worker containment: %s", chosen.describe())
     return chosen
+
+
+def guarded(mode: str) -> tuple[Containment, Guardian]:
+    """The containment `mode` allows, and a guardian that enforces it if the agent dies.
+    Call before any thread starts: both fork."""
+    chosen = choose(mode)
+    guardian = Guardian()
+    chosen.spared = frozenset({guardian.pid})
+    if chosen.cgroups is not None:
+        guardian.contain_cgroup(chosen.cgroups.base)
+    guardian.contain_token(chosen.token)
+    return chosen, guardian

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from launcher import events as ev
 from launcher.errors import WorkerStartError
+from launcher.progress.dumps import DumpTarget
 from launcher.workers.containment import Containment, Scope
 from launcher.workers.descendants import TOKEN_VAR, with_token
 from launcher.workers.env import WorkerRanks
@@ -63,6 +64,10 @@ class Worker:
     @property
     def local_rank(self) -> int:
         return self.spec.ranks.local_rank
+
+    @property
+    def global_rank(self) -> int:
+        return self.spec.ranks.global_rank
 
 
 class WorkerGroup:
@@ -157,6 +162,10 @@ class WorkerGroup:
 
     def _unreaped(self) -> set[int]:
         return {w.pid for w in self.running}
+
+    def pids(self) -> set[int]:
+        """The running workers' pids (the ones torch's file timer may speak for)."""
+        return self._unreaped()
 
     def wait(self, timeout_s: float | None) -> bool:
         """Blocks until a worker exits, a wakeup fd is readable or the timeout passes.
@@ -263,6 +272,17 @@ class WorkerGroup:
         for worker in self.workers:
             for done in worker.output_done:
                 done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def dump_target(worker: Worker) -> DumpTarget:
+    """What the hang path needs of a worker: who it is and where its stderr goes."""
+    route = worker.spec.stderr
+    return DumpTarget(
+        rank=worker.global_rank,
+        local_rank=worker.local_rank,
+        pid=worker.pid,
+        stderr_log=route.path if route.mode in (FILE, TEE) else None,
+    )
 
 
 def _pgid(pid: int) -> int | None:

@@ -13,8 +13,9 @@ from tests.conftest import ROOT, WORKLOADS, Procs, clean_env
 pytestmark = pytest.mark.integration
 
 ALLOWED_TO_DIFFER = {"TORCHELASTIC_RUN_ID", "MASTER_PORT", "TORCHELASTIC_ERROR_FILE"}
-# Ours only, documented in README: the token the guardian finds a worker's descendants by.
-OURS_ONLY = {"LAUNCHER_AGENT_TOKEN"}
+# Ours only, documented in README: the guardian's token, the progress file, and faulthandler on
+# (so SIGABRT prints every thread's stack on a hang).
+OURS_ONLY = {"LAUNCHER_AGENT_TOKEN", "LAUNCHER_PROGRESS_FILE", "PYTHONFAULTHANDLER"}
 
 
 def _probe(procs: Procs, tool: str, out: Path, *args: str, env: dict[str, str]) -> dict[int, dict]:

@@ -23,14 +23,17 @@ from launcher.rendezvous.state.model import (
 )
 
 # Reasons a round exists; the first is round 0's.
-INITIAL, WORKER_FAILURE, SCALE_UP, NODE_LOST, NODE_LEFT, CLOSER_LOST = (
+INITIAL, WORKER_FAILURE, SCALE_UP, NODE_LOST, NODE_LEFT, CLOSER_LOST, HANG = (
     "initial",
     "worker_failure",
     "scale_up",
     "node_lost",
     "node_left",
     "closer_lost",
+    "hang",
 )
+# Rounds that use the restart budget: the job's own failures, not membership changes.
+CHARGED = frozenset({WORKER_FAILURE, HANG})
 
 # Once a member's workers all succeeded the training is over: the rest are in their last
 # steps (a final checkpoint, teardown), and a node that stopped beating has finished, not

@@ -6,11 +6,11 @@ import json
 from collections.abc import Generator
 
 from launcher.rendezvous.state.bumps import (
+    CHARGED,
     CLOSER_LOST,
     INITIAL,
     NODE_LOST,
     SCALE_UP,
-    WORKER_FAILURE,
     bump,
     bump_record,
     round_finishing,
@@ -240,7 +240,7 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     ordered = order_members(p, nodes, last_round=last["round"] if last else None)
     returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
     lost_someone = last is not None and returning < int(last["size"])
-    if reason == WORKER_FAILURE and lost_someone and last is not None:
+    if reason in CHARGED and lost_someone and last is not None:
         # A node died and its peers' workers failed at once (gloo sees the reset before any
         # watcher declares the node lost): the round exists because of the loss, so say so
         # (and do not charge it), as when the watcher is first.
@@ -248,7 +248,7 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         gone = [m for m in last.get("members", ()) if m not in here]
         reason = NODE_LOST
         detail = ",".join(gone) or f"{int(last['size']) - returning} node(s)"
-    charged = reason == WORKER_FAILURE
+    charged = reason in CHARGED
     restart_count = (int(last["restart_count"]) if last else 0) + (1 if charged else 0)
     status = FAILED if restart_count > p.max_restarts else OK
     world = sum(n.nproc for _, n in ordered)

@@ -47,16 +47,14 @@ def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
 
 
 def report_failure(
-    p: Params, a: Assignment, *, by: str, detail: str
+    p: Params, a: Assignment, *, by: str, detail: str, reason: str = WORKER_FAILURE
 ) -> Generator[Op, Feedback, None]:
-    """A local worker failed: every node must restart (job-wide), the closer of the next
-    round decides whether it is charged to the restart budget."""
+    """A local worker failed (or hung: reason `hang`): every node must restart (job-wide),
+    the closer of the next round decides whether it is charged to the restart budget."""
     k = Keys(p.run_id)
     cur, _ = yield Get(k.round)
     if round_of(cur) == a.round:
-        yield from bump(
-            p, cur, reason=WORKER_FAILURE, by=by, expected=a.group_world_size, detail=detail
-        )
+        yield from bump(p, cur, reason=reason, by=by, expected=a.group_world_size, detail=detail)
 
 
 def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:

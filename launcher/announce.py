@@ -1,0 +1,89 @@
+"""The agent's round and worker events, and the one log line a restart gets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from launcher import events as ev
+from launcher.failures.report import signal_name
+from launcher.rendezvous import RoundInfo
+from launcher.workers.group import Worker
+
+log = logging.getLogger("launcher.agent")
+
+
+def announce_round(events: ev.EventSink, rnd: RoundInfo) -> None:
+    events.emit(
+        ev.RDZV_ROUND_COMPLETE,
+        round=rnd.round,
+        reason=rnd.reason,
+        group_rank=rnd.group_rank,
+        group_world_size=rnd.group_world_size,
+        world_size=rnd.world_size,
+        base_rank=rnd.base_global_rank,
+        restart_count=rnd.restart_count,
+        members=list(rnd.members),
+        master_addr=rnd.master_addr,
+        master_port=rnd.master_port,
+        budget_spent=rnd.budget_spent,
+    )
+
+
+def announce_restart(events: ev.EventSink, rnd: RoundInfo, *, max_restarts: int) -> None:
+    events.emit(
+        ev.GROUP_RESTART,
+        reason=rnd.reason,
+        restart_count=rnd.restart_count,
+        max_restarts=max_restarts,
+        charged=rnd.charged,
+        detail=rnd.detail,
+    )
+    log.warning(
+        "re-forming the worker group (%s%s): restart %d/%d%s",
+        rnd.reason,
+        f": {rnd.detail}" if rnd.detail else "",
+        rnd.restart_count,
+        max_restarts,
+        "" if rnd.charged else " (not charged)",
+    )
+
+
+def announce_workers(
+    events: ev.EventSink, rnd: RoundInfo, workers: Sequence[Worker], attempt_dir: Path | None
+) -> None:
+    for worker in workers:
+        r = worker.spec.ranks
+        events.emit(
+            ev.WORKER_STARTED,
+            round=rnd.round,
+            restart_count=rnd.restart_count,
+            local_rank=r.local_rank,
+            rank=r.global_rank,
+            role_rank=r.role_rank,
+            group_rank=r.group_rank,
+            world_size=r.world_size,
+            local_world_size=r.local_world_size,
+            group_world_size=r.group_world_size,
+            pid=worker.pid,
+            attempt_dir=str(attempt_dir) if attempt_dir else None,
+        )
+
+
+def announce_exit(
+    events: ev.EventSink, worker: Worker, rnd: RoundInfo | None, restart_count: int
+) -> None:
+    code = worker.exitcode if worker.exitcode is not None else -1
+    events.emit(
+        ev.WORKER_EXITED,
+        round=rnd.round if rnd else -1,
+        restart_count=restart_count,
+        local_rank=worker.local_rank,
+        rank=worker.global_rank,
+        pid=worker.pid,
+        exit_code=code,
+        signal=signal_name(code) if code < 0 else None,
+        stopped_by_agent=worker.stopped_by_agent,
+        runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
+    )
