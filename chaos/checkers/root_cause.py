@@ -121,9 +121,18 @@ def _node_lost_after(history: History, node: int, failure: Mapping[str, Any]) ->
 
 
 def _lost_node(history: History, detail: str) -> int:
-    ids = {node_id: node for node, node_id in facts.node_ids(history).items()}
-    found = [ids[part.strip()] for part in detail.split(",") if part.strip() in ids]
-    return found[0] if found else -1
+    """The harness index of the first lost node in `detail`: rendezvous ids are the agent's
+    node id (its --local-addr) followed by "-<pid>-<nonce>"."""
+    for part in detail.split(","):
+        part = part.strip()
+        owners = [
+            (len(node_id), node)
+            for node, node_id in facts.node_ids(history).items()
+            if part == node_id or part.startswith(f"{node_id}-")
+        ]
+        if owners:
+            return max(owners)[1]  # the longest id: "node-1" must not claim "node-10-..."
+    return -1
 
 
 def _when(failure: Mapping[str, Any]) -> float:

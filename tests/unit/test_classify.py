@@ -9,7 +9,8 @@ from launcher.failures.classify import FailureKind, classify, is_symptom
 # Messages as the error file records them ("<Type>: <str(exc)>"). The gloo and store ones
 # were provoked with torch 2.13 on loopback: a peer that destroyed its group or exited
 # mid-collective, a recv that timed out, a store key never set, a store host killed, a
-# rendezvous with a missing peer. The NCCL ones are copied from torch's and NCCL's sources.
+# rendezvous with a missing peer. The NCCL ones are as torch and NCCL word them (written from
+# their sources, not provoked: no GPU here).
 GLOO_CLOSED = (
     "RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
     "Connection closed by peer [127.0.0.1]:31661. This is typically caused by a remote worker "

@@ -88,10 +88,10 @@ def test_symptoms_then_node_lost_blame_the_lost_node() -> None:
             event(1, ev.AGENT_STARTED, 1),
             event(0, ev.GROUP_FAILED, 101, restart_count=0, failures=[symptom], root_cause=symptom),
             event(0, ev.RDZV_ROUND_COMPLETE, 102, round=1, reason="node_lost"),
-            event(0, ev.GROUP_RESTART, 102, reason="node_lost", detail=NODES[1]),
+            event(0, ev.GROUP_RESTART, 102, reason="node_lost", detail=f"{NODES[1]}-4242-a1b2c3"),
         )
     )
-    assert node == 1 and f == {"kind": "node_lost", "detail": NODES[1]}
+    assert node == 1 and f == {"kind": "node_lost", "detail": f"{NODES[1]}-4242-a1b2c3"}
     assert "node_lost" in where
 
 
