@@ -1,5 +1,8 @@
 """Failed workers, the root cause among them, and torchrun's failure summary.
 
+The root cause is sought by kind first (classify.py: a worker's own failure or a hang, then
+a peer's symptom, then a worker the agent stopped), by time only within a kind.
+
 `format_summary` reproduces the message of torch's `ChildFailedError` character for character
 (users grep for it and tools parse it), including its quirks: the exit-code line ends in a
 space when no signal is involved, and a signal name is preceded by two spaces.
@@ -15,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from launcher.failures.classify import FailureKind, classify
 from launcher.failures.error_file import ErrorRecord, read_error_file
 
 __all__ = [
     "WorkerFailure",
+    "cause_note",
     "exit_code_for",
     "failure_message",
     "format_summary",
@@ -58,6 +63,14 @@ class WorkerFailure:
     precise_at: float | None = None
     # The agent itself signalled it (the group was being stopped): a consequence, not a cause.
     stopped_by_agent: bool = False
+    # The agent declared it hung (and then stopped it): a cause, although the agent stopped it.
+    hung: bool = False
+
+    @property
+    def kind(self) -> FailureKind:
+        """Its own failure, a peer's symptom, or the agent's stop (see classify.py)."""
+        message = self.record.message if self.record is not None else None
+        return classify(message=message, stopped_by_agent=self.stopped_by_agent, hung=self.hung)
 
     @property
     def failed_at(self) -> int:
@@ -78,6 +91,7 @@ def observe_failure(
     exited_at: float,
     host: str,
     stopped_by_agent: bool,
+    hung: bool = False,
 ) -> WorkerFailure:
     """A worker that exited non-zero at `exited_at`, with what its error file says."""
     record = read_error_file(Path(error_file)) if error_file else None
@@ -97,6 +111,7 @@ def observe_failure(
         host=host,
         precise_at=precise,
         stopped_by_agent=stopped_by_agent,
+        hung=hung,
     )
 
 
@@ -123,9 +138,30 @@ def failure_message(f: WorkerFailure) -> str:
 
 
 def root_cause(failures: Sequence[WorkerFailure]) -> WorkerFailure:
-    """The first failure: earliest `precise_at` where known, else `failed_at` (whole
-    seconds); ties to the earliest listed."""
+    """The first failure of the most causal kind present (hang or own failure, then
+    symptom, then stopped by the agent): earliest `precise_at` where known, else `failed_at`
+    (whole seconds); ties to the earliest listed.
+
+    Its `kind` is `symptom` when every failure here is a peer's symptom (or the agent's
+    stop): the cause happened on another node."""
     return failures[_root_index(failures)]
+
+
+def cause_note(failures: Sequence[WorkerFailure], *, remote_detail: str = "") -> str | None:
+    """One line to print after the summary when its root cause is not a cause: every worker
+    here failed because a peer went away (or was stopped by the agent). None otherwise.
+
+    `remote_detail` is what the rendezvous knows of the failure elsewhere, if anything."""
+    kind = root_cause(failures).kind
+    if kind.blame_rank == 0:
+        return None
+    what = (
+        "a symptom: a peer went away or timed out"
+        if kind is FailureKind.SYMPTOM
+        else ("stopped by the launcher")
+    )
+    where = f": {remote_detail}" if remote_detail else ""
+    return f"launcher: note: the root cause above is {what}; the cause is on another node{where}"
 
 
 def exit_code_for(f: WorkerFailure) -> int:
@@ -173,22 +209,20 @@ _SAME_MOMENT_S = 1.0
 def _root_index(failures: Sequence[WorkerFailure]) -> int:
     if not failures:
         raise ValueError("no failures: a root cause needs at least one failed worker")
+    # Kinds before times: a peer's symptom is often written (and its file stamped) before
+    # the exit that caused it is observed, and the agent stops workers only after a failure.
+    kinds = [f.kind.blame_rank for f in failures]
+    candidates = [i for i in range(len(failures)) if kinds[i] == min(kinds)]
     # min() keeps the first of equal keys, which is torch's tie-break.
-    first = min(range(len(failures)), key=lambda i: _order_key(failures[i]))
+    first = min(candidates, key=lambda i: _order_key(failures[i]))
     if any(f.precise_at is None for f in failures):
         return first  # torch's rule, for failures built without precise times
     # Within one moment causality decides: a worker killed by a signal nobody in the agent
-    # sent (SIGKILL, SIGSEGV) is what its peers' "Connection closed by peer" comes from; a
-    # worker that failed by itself comes before one the agent was stopping.
+    # sent (SIGKILL, SIGSEGV) leaves no error file, and its peers' failures without one
+    # look like their own; the signal is what they come from.
     start = _order_key(failures[first])
-    near = [i for i, f in enumerate(failures) if _order_key(f) - start <= _SAME_MOMENT_S]
-    return min(near, key=lambda i: (_cause_rank(failures[i]), _order_key(failures[i])))
-
-
-def _cause_rank(f: WorkerFailure) -> int:
-    if f.stopped_by_agent:
-        return 2
-    return 0 if f.exitcode < 0 else 1
+    near = [i for i in candidates if _order_key(failures[i]) - start <= _SAME_MOMENT_S]
+    return min(near, key=lambda i: (failures[i].exitcode >= 0, _order_key(failures[i])))
 
 
 def _order_key(f: WorkerFailure) -> float:
@@ -230,6 +264,8 @@ def failure_fields(failure: WorkerFailure) -> dict[str, object]:
         "timestamp": failure.timestamp,
         "host": failure.host,
         "precise_at": failure.precise_at,
+        "kind": failure.kind.value,
+        "stopped_by_agent": failure.stopped_by_agent,
     }
 
 
@@ -237,4 +273,10 @@ def brief(failure: WorkerFailure) -> str:
     """One line for logs and for other nodes: which worker failed and how."""
     how = signal_name(failure.exitcode) if failure.exitcode < 0 else None
     how = how or f"exit code {failure.exitcode}"
-    return f"rank {failure.global_rank} (local_rank {failure.local_rank}, pid {failure.pid}) {how}"
+    line = f"rank {failure.global_rank} (local_rank {failure.local_rank}, pid {failure.pid}) {how}"
+    # Other nodes read this as the failure's detail: say when it is not the cause.
+    if failure.kind is FailureKind.SYMPTOM:
+        return f"{line}, a symptom (a peer went away or timed out)"
+    if failure.kind is FailureKind.STOPPED:
+        return f"{line}, stopped by the launcher"
+    return line

@@ -88,6 +88,7 @@ class Cluster:
         nproc: int = 1,
         max_restarts: int = 0,
         rdzv_conf: str = "last_call_timeout=1",
+        script: Path = MESH,
         **env: str,
     ) -> None:
         self.procs = procs
@@ -99,6 +100,7 @@ class Cluster:
         self.run_id = unique_run_id(tmp_path.name[:24])
         self.nnodes, self.nproc, self.max_restarts = nnodes, nproc, max_restarts
         self.rdzv_conf = rdzv_conf
+        self.script = script
         self.env = clean_env(STEP_S="0.1", **env)
         self.agents: dict[str, subprocess.Popen[str]] = {}
 
@@ -128,7 +130,7 @@ class Cluster:
             str(self.dir / f"logs-{addr}"),
             "--event-log",
             str(self.event_log),
-            str(MESH),
+            str(self.script),
             str(self.out),
         ]
         with (

@@ -10,13 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from launcher.failures.classify import FailureKind
 from launcher.failures.error_file import ErrorRecord
 from launcher.failures.report import (
     NO_TRACEBACK_HINT,
     WorkerFailure,
+    brief,
+    cause_note,
     exit_code_for,
+    failure_fields,
     failure_message,
     format_summary,
+    observe_failure,
     root_cause,
     signal_name,
 )
@@ -286,10 +291,11 @@ def test_root_cause_within_a_second_goes_to_the_precise_first() -> None:
     )
     stopped_peer = dataclasses.replace(stopped_peer, stopped_by_agent=True)
     assert root_cause([stopped_peer, late_seen]) is late_seen
-    # Seconds apart they are two moments: the earlier one stays the root cause.
+    # Seconds apart, a worker the agent stopped still never outranks one that failed itself.
     assert (
-        root_cause([dataclasses.replace(stopped_peer, precise_at=98.0), late_seen]).global_rank == 0
+        root_cause([dataclasses.replace(stopped_peer, precise_at=98.0), late_seen]).global_rank == 1
     )
+    # Seconds apart and both their own: the earlier one stays the root cause.
     assert root_cause([failure(0, timestamp=100.0, precise_at=100.5), killed]).global_rank == 0
 
 
@@ -341,3 +347,104 @@ def test_root_cause_is_first_minimum(times: list[tuple[float, int]]) -> None:
     chosen = root_cause(failures)
 
     assert chosen is failures[seconds.index(min(seconds))]
+
+
+# -- kinds before times (issue 9, section 5) --------------------------------------------------
+GLOO_CLOSED = (
+    "RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
+    "Connection closed by peer [127.0.0.1]:31661. This is typically caused by a remote worker "
+    "crashing. Check the logs of the remote worker before reporting an error. GLHF!"
+)
+GLOO_TIMEOUT = (
+    "RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc"
+    ":78] Timed out waiting 5000ms for recv operation to complete"
+)
+NCCL_WATCHDOG = (
+    "DistBackendError: [Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7,"
+    " OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600012 milliseconds before timing out."
+)
+
+
+def test_the_issue_case_names_the_worker_that_exited_not_the_stopped_symptom() -> None:
+    """Rank 1 exits 3; rank 0's collective fails and writes "Connection closed by peer" a
+    second and a half before rank 1's exit is observed; the agent then SIGTERMs rank 0."""
+    symptom = failure(0, exitcode=-15, record=nested(GLOO_CLOSED, "tb", 100), precise_at=100.0)
+    symptom = dataclasses.replace(symptom, stopped_by_agent=True)
+    cause = failure(1, exitcode=3, timestamp=101.5, precise_at=101.5)
+
+    for order in ([symptom, cause], [cause, symptom]):
+        chosen = root_cause(order)
+        assert chosen is cause and chosen.kind is FailureKind.SELF
+    summary = format_summary("train.py", [symptom, cause])
+    root = summary[summary.index("Root Cause") :]
+    assert "rank      : 1 (local_rank: 1)" in root and "exitcode  : 3 (pid: 100) " in root
+    assert failure_fields(symptom)["kind"] == "stopped"
+    assert failure_fields(symptom)["stopped_by_agent"] is True
+    assert failure_fields(cause)["kind"] == "self"
+    assert cause_note([symptom, cause]) is None
+
+
+@pytest.mark.parametrize("message", [GLOO_CLOSED, GLOO_TIMEOUT, NCCL_WATCHDOG])
+def test_an_own_failure_outranks_earlier_symptoms_whatever_the_times(message: str) -> None:
+    symptoms = [
+        failure(r, record=nested(message, "tb", 100), timestamp=100.0, precise_at=100.0 + r / 10)
+        for r in range(3)
+    ]
+    cause = failure(3, exitcode=1, record=nested("ValueError: nan loss", "tb", 105), precise_at=105)
+
+    assert root_cause([*symptoms, cause]) is cause
+    # Without precise times too (torch's whole-second rule applies within a kind only).
+    plain = [dataclasses.replace(f, precise_at=None) for f in [*symptoms, cause]]
+    assert root_cause(plain).global_rank == 3
+
+
+def test_a_symptom_outranks_a_stopped_worker_and_is_marked() -> None:
+    stopped = dataclasses.replace(failure(0, exitcode=-15, precise_at=99.0), stopped_by_agent=True)
+    symptom = failure(1, record=nested(GLOO_CLOSED, "tb", 100), precise_at=100.0)
+
+    chosen = root_cause([stopped, symptom])
+    assert chosen is symptom and chosen.kind is FailureKind.SYMPTOM
+    assert failure_fields(chosen)["kind"] == "symptom"
+    assert "a symptom" in brief(chosen)
+    note = cause_note([stopped, symptom], remote_detail="rank 3 (...) exit code 7 on node1")
+    assert note is not None and "cause is on another node: rank 3" in note
+    # The summary itself keeps torch's layout: the note is a separate line.
+    last = format_summary("x", [stopped, symptom]).split("\n")[-1]
+    assert set(last) == {"="}
+
+
+def test_only_stopped_workers_the_earliest_is_named() -> None:
+    a = dataclasses.replace(failure(0, exitcode=-15, precise_at=100.5), stopped_by_agent=True)
+    b = dataclasses.replace(failure(1, exitcode=-15, precise_at=100.2), stopped_by_agent=True)
+    assert root_cause([a, b]) is b and b.kind is FailureKind.STOPPED
+    assert brief(b).endswith("SIGTERM, stopped by the launcher")
+
+
+def test_a_hung_worker_outranks_the_symptoms_of_its_peers() -> None:
+    symptom = failure(0, record=nested(GLOO_TIMEOUT, "tb", 100), precise_at=100.0)
+    hung = dataclasses.replace(
+        failure(1, exitcode=-15, precise_at=130.0), stopped_by_agent=True, hung=True
+    )
+    assert root_cause([symptom, hung]) is hung
+    assert failure_fields(hung)["kind"] == "hang"
+
+
+def test_within_a_moment_an_outside_signal_still_precedes_an_exit_code() -> None:
+    exited = failure(0, exitcode=1, precise_at=100.2)
+    killed = failure(1, exitcode=-9, precise_at=100.6)
+    assert root_cause([exited, killed]) is killed
+
+
+def test_observe_failure_carries_hung(tmp_path: Path) -> None:
+    f = observe_failure(
+        local_rank=0,
+        global_rank=0,
+        pid=1,
+        exitcode=-15,
+        error_file=None,
+        exited_at=100.0,
+        host="h",
+        stopped_by_agent=True,
+        hung=True,
+    )
+    assert f.kind is FailureKind.HANG
