@@ -22,17 +22,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import events as ev
-from launcher.announce import announce_exit, announce_restart, announce_round, announce_workers
+from launcher.announce import (
+    announce_exit,
+    announce_failed,
+    announce_restart,
+    announce_round,
+    announce_workers,
+)
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
 from launcher.failures.error_file import write_parent_error_file
 from launcher.failures.report import (
     WorkerFailure,
     brief,
+    cause_note,
     exit_code_for,
     failure_fields,
     format_summary,
     observe_failure,
+    peer_timed_out,
     root_cause,
 )
 from launcher.inbox import SignalInbox
@@ -111,7 +119,7 @@ class Agent:
             allowed_pids=self.group.pids,
         )
         self._incident: Incident | None = None
-        self._changed: str | None = None
+        self._changed: str | None = None  # the rendezvous's reason to re-form
         self.restart_count = 0
         self._attempt_failures: list[WorkerFailure] = []
         self._round: RoundInfo | None = None
@@ -195,34 +203,34 @@ class Agent:
                 return AgentResult(outcome=SUCCEEDED, exit_code=0, restarts=self.restart_count)
             if state == SIGNALED:
                 return self._signaled(self.inbox.received[0])
-            hang = None
-            if state == HUNG and self._incident is not None:
-                # Tell the other nodes first: they dump their ranks while this one does.
-                rdzv.report_failure(f"{self._incident.detail} on {self.node_id}", reason=HANG)
-                hang = self._respond(rnd, self._incident)
-            elif state == MEMBERSHIP and self._changed == HANG:
-                self._respond(rnd, Incident(source="peer", rank=None, pid=None))
+            hang = self._evidence(state, rnd)
             self.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
-            if hang is not None:
-                codes = {w.global_rank: w.exitcode or 0 for w in self.group.workers}
-                failures = hang.failures(codes)
-                self._report_failed(failures)
+            if hang is not None and state == HUNG:
+                failures = hang.failures(
+                    {w.global_rank: w.exitcode or 0 for w in self.group.workers}
+                )
+                announce_failed(self.events, self.restart_count, failures)
             elif state == FAILED:
                 failures = tuple(self._attempt_failures)
-                self._report_failed(failures)
+                announce_failed(self.events, self.restart_count, failures)
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
-    def _report_failed(self, failures: tuple[WorkerFailure, ...]) -> None:
-        self.events.emit(
-            ev.GROUP_FAILED,
-            restart_count=self.restart_count,
-            failures=[failure_fields(f) for f in failures],
-            root_cause=failure_fields(root_cause(failures)),
-        )
-
-    def _respond(self, rnd: RoundInfo, incident: Incident) -> HangReport:
-        """Evidence first: every local rank's stack, then blame (the stop comes after)."""
-        report = respond(
+    def _evidence(self, state: str, rnd: RoundInfo) -> HangReport | None:
+        """Every running rank's stack before anything is stopped: on a hang here or on
+        another node, or a failure that says a peer timed out (the stuck rank still runs)."""
+        incident = self._incident if state == HUNG else None
+        timed = peer_timed_out(self._attempt_failures)
+        if incident is not None and self._rendezvous is not None:
+            # Tell the other nodes first: they dump their ranks while this one does.
+            detail = f"{incident.detail} on {self.node_id}"
+            self._rendezvous.report_failure(detail, reason=HANG)
+        elif state == MEMBERSHIP and self._changed == HANG:
+            incident = Incident(source="peer", rank=None, pid=None)
+        elif state == FAILED and timed is not None:
+            incident = Incident(source="symptom", rank=timed.global_rank, pid=timed.pid)
+        if incident is None or not self.group.running:
+            return None
+        return respond(
             incident,
             [dump_target(w) for w in self.group.running],
             snapshots=self.watch.snapshots(),
@@ -232,14 +240,6 @@ class Agent:
             events=self.events,
             node=self.node_id,
         )
-        log.warning(
-            "hang (%s): %s; blamed: %s; stacks in %s",
-            incident.source,
-            incident.detail,
-            report.blame.reason,
-            report.dir,
-        )
-        return report
 
     def _monitor(self) -> str:
         cfg = self.config
@@ -364,6 +364,8 @@ class Agent:
             return AgentResult(outcome=FAILED, exit_code=1, restarts=self.restart_count)
         cause = root_cause(failures)
         sys.stderr.write(format_summary(self.config.entrypoint.name, failures) + "\n")
+        note = cause_note(failures, remote_detail=remote_detail)
+        sys.stderr.write(f"{note}\n" if note else "")
         sys.stderr.flush()
         parent_file = self._agent_env.get("TORCHELASTIC_ERROR_FILE")
         if parent_file and cause.record is not None:

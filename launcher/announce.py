@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launcher import events as ev
-from launcher.failures.report import signal_name
+from launcher.failures.report import WorkerFailure, failure_fields, root_cause, signal_name
 from launcher.rendezvous import RoundInfo
 from launcher.workers.group import Worker
 
@@ -86,4 +86,15 @@ def announce_exit(
         signal=signal_name(code) if code < 0 else None,
         stopped_by_agent=worker.stopped_by_agent,
         runtime_s=round((worker.exited_at or 0.0) - worker.started_at, 6),
+    )
+
+
+def announce_failed(
+    events: ev.EventSink, restart_count: int, failures: Sequence[WorkerFailure]
+) -> None:
+    events.emit(
+        ev.GROUP_FAILED,
+        restart_count=restart_count,
+        failures=[failure_fields(f) for f in failures],
+        root_cause=failure_fields(root_cause(failures)),
     )

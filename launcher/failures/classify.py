@@ -30,7 +30,14 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["SYMPTOM_PATTERNS", "SYMPTOM_TYPES", "FailureKind", "classify", "is_symptom"]
+__all__ = [
+    "SYMPTOM_PATTERNS",
+    "SYMPTOM_TYPES",
+    "FailureKind",
+    "classify",
+    "is_peer_timeout",
+    "is_symptom",
+]
 
 
 class FailureKind(enum.StrEnum):
@@ -107,3 +114,16 @@ def classify(*, message: str | None, stopped_by_agent: bool, hung: bool = False)
     if message is not None and is_symptom(message):
         return FailureKind.SYMPTOM
     return FailureKind.SELF
+
+
+# The symptoms that mean a peer did not answer (rather than went away): some rank is hung,
+# and it is still running somewhere, so its stack is worth taking before the stop.
+_TIMEOUT_WORDS = ("Timed out", "timed out", "Timeout", "timeout")
+
+
+def is_peer_timeout(message: str | None) -> bool:
+    return (
+        bool(message)
+        and is_symptom(message or "")
+        and any(word in (message or "") for word in _TIMEOUT_WORDS)
+    )

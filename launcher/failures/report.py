@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from launcher.failures.classify import FailureKind, classify
+from launcher.failures.classify import FailureKind, classify, is_peer_timeout
 from launcher.failures.error_file import ErrorRecord, read_error_file
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "failure_message",
     "format_summary",
     "observe_failure",
+    "peer_timed_out",
     "root_cause",
     "signal_name",
 ]
@@ -267,6 +268,14 @@ def failure_fields(failure: WorkerFailure) -> dict[str, object]:
         "kind": failure.kind.value,
         "stopped_by_agent": failure.stopped_by_agent,
     }
+
+
+def peer_timed_out(failures: Sequence[WorkerFailure]) -> WorkerFailure | None:
+    """The first failure that says a peer did not answer in time (a hang somewhere)."""
+    for f in failures:
+        if is_peer_timeout(f.record.message if f.record is not None else None):
+            return f
+    return None
 
 
 def brief(failure: WorkerFailure) -> str:

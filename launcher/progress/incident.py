@@ -14,6 +14,7 @@ never who timed out first: in a collective hang the rank that notices is a victi
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ from launcher.progress.detector import Blame, RankEvidence, blame, evidence
 from launcher.progress.dumps import DumpTarget, StackDump, dump_all, key_frames
 from launcher.progress.reader import RankProgress
 from launcher.progress.watch import Incident
+
+log = logging.getLogger("launcher.agent")
 
 # torch.distributed's collectives run through this module: a frame in it means "waiting".
 _COLLECTIVE = "distributed_c10d"
@@ -123,6 +126,13 @@ def respond(
         )
         + "\n"
     )
+    log.warning(
+        "hang (%s): %s; blamed: %s; stacks in %s",
+        incident.source,
+        incident.detail,
+        verdict.reason,
+        out,
+    )
     return HangReport(
         incident=incident,
         dir=out,
@@ -194,7 +204,8 @@ def _failure(report: HangReport, target: DumpTarget, frames: list[str], code: in
         timestamp=now,
         host=report.node,
         precise_at=now,
-        stopped_by_agent=False,
+        stopped_by_agent=True,
+        hung=True,
     )
 
 

@@ -55,7 +55,9 @@ class Watched(Protocol):
 class Incident:
     """Why the agent calls a hang now; `detail` is the one line for reports."""
 
-    source: str  # progress (no beat in time), file_timer (torch's expires()), peer (another node)
+    # progress (no beat in time), file_timer (torch's expires()), peer (another node's hang),
+    # symptom (a worker failed because a peer timed out: some rank is stuck somewhere)
+    source: str
     rank: int | None
     pid: int | None
     step: int | None = None
@@ -70,6 +72,8 @@ class Incident:
             return f"rank {self.rank}: torch timer {self.scope_id!r} expired"
         if self.source == "peer":
             return "a hang on another node"
+        if self.source == "symptom":
+            return f"rank {self.rank} failed on a peer's timeout"
         where = f" in phase {self.phase!r}" if self.phase else ""
         at = f" at step {self.step}" if self.step is not None else ""
         return (
