@@ -222,8 +222,7 @@ class Agent:
         timed = peer_timed_out(self._attempt_failures)
         if incident is not None and self._rendezvous is not None:
             # Tell the other nodes first: they dump their ranks while this one does.
-            detail = f"{incident.detail} on {self.node_id}"
-            self._rendezvous.report_failure(detail, reason=HANG)
+            self._rendezvous.report_failure(f"{incident.detail} on {self.node_id}", reason=HANG)
         elif state == MEMBERSHIP and self._changed == HANG:
             incident = Incident(source="peer", rank=None, pid=None)
         elif state == FAILED and timed is not None:
@@ -235,6 +234,7 @@ class Agent:
             [dump_target(w) for w in self.group.running],
             snapshots=self.watch.snapshots(),
             run_dir=self.logs.run_dir,
+            round_no=rnd.round,
             name=f"{rnd.round}-{self.restart_count}",
             method=self.config.hang_dump,
             events=self.events,

@@ -60,6 +60,7 @@ def respond(
     *,
     snapshots: dict[int, RankProgress],
     run_dir: Path | None,
+    round_no: int,
     name: str,
     method: str,
     events: ev.EventSink,
@@ -69,12 +70,13 @@ def respond(
     out = base / "incidents" / name
     out.mkdir(parents=True, exist_ok=True)
     detected_at = time.monotonic()
-    events.emit(ev.HANG_DETECTED, **incident.fields(), incident_dir=str(out))
+    events.emit(ev.HANG_DETECTED, **incident.fields(), round=round_no, incident_dir=str(out))
     states = {t.rank: _state(t.pid) for t in targets}  # before the dumps signal anyone
     dumps = tuple(dump_all(list(targets), out, method=method))
     for dump in dumps:
         events.emit(
             ev.HANG_STACK_DUMPED,
+            round=round_no,
             rank=dump.rank,
             local_rank=dump.local_rank,
             pid=dump.pid,
@@ -93,6 +95,7 @@ def respond(
     verdict = _blame(incident, proof, frames)
     events.emit(
         ev.HANG_ATTRIBUTED,
+        round=round_no,
         culprits=list(verdict.culprits),
         by=verdict.by,
         reason=verdict.reason,
