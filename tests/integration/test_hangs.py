@@ -165,7 +165,7 @@ def test_a_job_that_beats_raises_no_false_alarm(procs: Procs, tmp_path: Path) ->
         "--nproc-per-node",
         "2",
         "--hang-timeout",
-        "2",
+        "10",
         script=("--steps", "30"),
         env=clean_env(),
     )
