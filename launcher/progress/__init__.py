@@ -64,6 +64,9 @@ class _Channel:
     """This process's progress file, with the running aggregates that go into it."""
 
     def __init__(self, path: str) -> None:
+        # The agent leaves the directory to the first worker that beats: a job that never
+        # does gets no empty progress/ beside its attempt_N directories.
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, 0)  # a previous worker's data must not look like ours

@@ -112,7 +112,6 @@ class ProgressWatch:
         self._own_dir = run_dir is None
         base = Path(tempfile.mkdtemp(prefix="launcher_progress_")) if run_dir is None else run_dir
         self.dir = base / "progress" if run_dir is not None else base
-        self.dir.mkdir(exist_ok=True)
         self._events = events
         self._node = node
         self._detector = HangDetector(policy)
@@ -147,7 +146,7 @@ class ProgressWatch:
         self._window_end = now + self._stragglers.window_s
 
     def clear_files(self) -> None:
-        for path in self.dir.glob("rank-*"):
+        for path in self.dir.glob("rank-*") if self.dir.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -169,7 +169,9 @@ def test_a_bad_step_is_dropped_not_raised(progress_file: Path) -> None:
 def test_an_unopenable_file_disables_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(progress.PROGRESS_FILE_ENV, str(tmp_path / "missing-dir" / "rank0"))
+    blocker = tmp_path / "a-file"  # a missing directory is made; one under a file cannot be
+    blocker.write_text("")
+    monkeypatch.setenv(progress.PROGRESS_FILE_ENV, str(blocker / "progress" / "rank0"))
     progress.beat(step=1)
     with progress.phase("p", timeout=1), progress.section("s"):
         progress.beat()
