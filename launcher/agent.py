@@ -21,14 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import announce
 from launcher import events as ev
-from launcher.announce import (
-    announce_exit,
-    announce_failed,
-    announce_restart,
-    announce_round,
-    announce_workers,
-)
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
 from launcher.failures.error_file import write_parent_error_file
@@ -46,6 +40,7 @@ from launcher.failures.report import (
 from launcher.inbox import SignalInbox
 from launcher.progress.detector import HangPolicy
 from launcher.progress.incident import HangReport, respond
+from launcher.progress.stragglers import StragglerPolicy
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
@@ -112,6 +107,7 @@ class Agent:
         self.group.register_wakeup(inbox.read_fd)
         self.watch = ProgressWatch(
             policy=HangPolicy(hang_timeout_s=config.hang_timeout_s),
+            straggler_policy=StragglerPolicy(window_s=config.straggler_window_s),
             run_dir=self.logs.run_dir,
             agent_env=self._agent_env,
             events=self.events,
@@ -187,13 +183,13 @@ class Agent:
                 log.warning("the job ended while this node waited as a spare; exiting")
                 return AgentResult(outcome=SPARE_DONE, exit_code=0, restarts=self.restart_count)
             self._round = rnd
-            announce_round(self.events, rnd)
+            announce.round_complete(self.events, rnd)
             if rnd.budget_spent:
                 rdzv.finish(succeeded=False)
                 return self._failed(failures, remote_detail=rnd.detail)
             self.restart_count = rnd.restart_count
             if rnd.reason != "initial":
-                announce_restart(self.events, rnd, max_restarts=self.config.max_restarts)
+                announce.restart(self.events, rnd, max_restarts=self.config.max_restarts)
             failures = ()
             self._start_workers(rnd)
             state = self._monitor()
@@ -209,10 +205,10 @@ class Agent:
                 failures = hang.failures(
                     {w.global_rank: w.exitcode or 0 for w in self.group.workers}
                 )
-                announce_failed(self.events, self.restart_count, failures)
+                announce.group_failed(self.events, self.restart_count, failures)
             elif state == FAILED:
                 failures = tuple(self._attempt_failures)
-                announce_failed(self.events, self.restart_count, failures)
+                announce.group_failed(self.events, self.restart_count, failures)
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
     def _evidence(self, state: str, rnd: RoundInfo) -> HangReport | None:
@@ -290,7 +286,7 @@ class Agent:
         self.watch.clear_files()
         self.group.start(specs)
         self.watch.begin(self.group.workers, time.monotonic())
-        announce_workers(self.events, rnd, self.group.workers, attempt.dir)
+        announce.workers_started(self.events, rnd, self.group.workers, attempt.dir)
 
     def _spec(
         self,
@@ -336,7 +332,7 @@ class Agent:
 
     def _on_exit(self, worker: Worker) -> None:
         code = worker.exitcode if worker.exitcode is not None else -1
-        announce_exit(self.events, worker, self._round, self.restart_count)
+        announce.worker_exited(self.events, worker, self._round, self.restart_count)
         if code != 0:
             self._attempt_failures.append(
                 observe_failure(

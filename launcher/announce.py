@@ -14,7 +14,7 @@ from launcher.workers.group import Worker
 log = logging.getLogger("launcher.agent")
 
 
-def announce_round(events: ev.EventSink, rnd: RoundInfo) -> None:
+def round_complete(events: ev.EventSink, rnd: RoundInfo) -> None:
     events.emit(
         ev.RDZV_ROUND_COMPLETE,
         round=rnd.round,
@@ -31,7 +31,7 @@ def announce_round(events: ev.EventSink, rnd: RoundInfo) -> None:
     )
 
 
-def announce_restart(events: ev.EventSink, rnd: RoundInfo, *, max_restarts: int) -> None:
+def restart(events: ev.EventSink, rnd: RoundInfo, *, max_restarts: int) -> None:
     events.emit(
         ev.GROUP_RESTART,
         reason=rnd.reason,
@@ -50,7 +50,7 @@ def announce_restart(events: ev.EventSink, rnd: RoundInfo, *, max_restarts: int)
     )
 
 
-def announce_workers(
+def workers_started(
     events: ev.EventSink, rnd: RoundInfo, workers: Sequence[Worker], attempt_dir: Path | None
 ) -> None:
     for worker in workers:
@@ -71,7 +71,7 @@ def announce_workers(
         )
 
 
-def announce_exit(
+def worker_exited(
     events: ev.EventSink, worker: Worker, rnd: RoundInfo | None, restart_count: int
 ) -> None:
     code = worker.exitcode if worker.exitcode is not None else -1
@@ -89,7 +89,7 @@ def announce_exit(
     )
 
 
-def announce_failed(
+def group_failed(
     events: ev.EventSink, restart_count: int, failures: Sequence[WorkerFailure]
 ) -> None:
     events.emit(

@@ -277,6 +277,7 @@ class LaunchConfig:
     containment: str = "auto"  # auto, cgroup or subreaper (launcher.workers.containment)
     hang_timeout_s: float = 300.0  # 0: hang detection off (launcher.progress.detector)
     hang_dump: str = "auto"  # auto, py-spy or faulthandler (launcher.progress.dumps)
+    straggler_window_s: float = 60.0  # launcher.progress.stragglers
 
     @property
     def rdzv_endpoint(self) -> str:

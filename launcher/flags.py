@@ -230,6 +230,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "prints its threads' stacks and dies); auto tries py-spy first.",
     )
 
+    ext.add_argument(
+        *_flag_names("--straggler-window"),
+        dest="straggler_window",
+        default=env.get("PET_STRAGGLER_WINDOW", "60"),
+        help=EXTENSION + "Seconds per straggler window: a rank whose progress.section() "
+        "median stays below 0.75 of the fastest rank's for 3 windows is reported "
+        "(straggler.rank.detected; nothing is acted on).",
+    )
+
     parser.add_argument("training_script", help="Script, module (-m) or binary (--no-python).")
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return parser

@@ -169,16 +169,16 @@ def _dup_filters(text: str) -> tuple[str, ...]:
     return tuple(p.replace(marker, ",") for p in text.replace(",,", marker).split(",") if p)
 
 
-def _hang_timeout(text: str) -> float:
+def _seconds(text: str, flag: str, also: str, *, low: float = 0.0) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0 or value == float("inf"):
+    if not value >= low or value == float("inf"):
         raise ConfigError(
-            f"{text!r} is not a number of seconds",
-            flag="--hang-timeout",
-            fix="e.g. --hang-timeout 600, or 0 to turn hang detection off",
+            f"{text!r} is not a number of seconds >= {low:g}",
+            flag=flag,
+            fix=f"e.g. {flag} 600" + (f", {also}" if also else ""),
         )
     return value
 
@@ -306,6 +306,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         containment=_choice(
             str(args.containment), ("auto", "cgroup", "subreaper"), "--containment"
         ),
-        hang_timeout_s=_hang_timeout(str(args.hang_timeout)),
+        hang_timeout_s=_seconds(str(args.hang_timeout), "--hang-timeout", "or 0 to turn it off"),
+        straggler_window_s=_seconds(str(args.straggler_window), "--straggler-window", "", low=1),
         hang_dump=_choice(str(args.hang_dump), ("auto", "py-spy", "faulthandler"), "--hang-dump"),
     )

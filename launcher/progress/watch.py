@@ -108,14 +108,17 @@ class ProgressWatch:
         straggler_policy: StragglerPolicy | None = None,
     ) -> None:
         self.policy = policy
-        self.interval_s = min(1.0, policy.hang_timeout_s / 10) if policy.enabled else 1.0
+        self._stragglers = straggler_policy or StragglerPolicy()
+        # Each poll is one straggler sample: a window needs several to score a rank.
+        self.interval_s = min(1.0, self._stragglers.window_s / 5)
+        if policy.enabled:
+            self.interval_s = min(self.interval_s, policy.hang_timeout_s / 10)
         self._own_dir = run_dir is None
         base = Path(tempfile.mkdtemp(prefix="launcher_progress_")) if run_dir is None else run_dir
         self.dir = base / "progress" if run_dir is not None else base
         self._events = events
         self._node = node
         self._detector = HangDetector(policy)
-        self._stragglers = straggler_policy or StragglerPolicy()
         self._sampler = SectionSampler(node=node)
         self._tracker = StragglerTracker(self._stragglers)
         self._window_end: float | None = None

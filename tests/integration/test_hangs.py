@@ -173,3 +173,44 @@ def test_a_job_that_beats_raises_no_false_alarm(procs: Procs, tmp_path: Path) ->
     assert len(_named(events, ev.PROGRESS_ARMED)) == 2
     noisy = {ev.PROGRESS_STALLED, ev.HANG_DETECTED, ev.STRAGGLER_DETECTED}
     assert not [e for e in events if e.name in noisy]
+
+
+def test_a_slow_rank_is_reported_as_a_straggler_and_nothing_else_is(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Section times, not step intervals (the all_reduce equalises those): rank 2's compute
+    takes 3x as long; it is reported after 3 one-second windows, and only it."""
+    result, events, _ = _run(
+        procs,
+        tmp_path,
+        "--nproc-per-node",
+        "3",
+        "--straggler-window",
+        "1",
+        script=("--steps", "90", "--step-s", "0.0", "--compute-s", "0.02", "--slow-rank", "2"),
+        env=clean_env(),
+    )
+    assert result.code == 0, result
+    slow = _named(events, ev.STRAGGLER_DETECTED)
+    assert slow and {e.fields["rank"] for e in slow} == {2}, slow
+    first = slow[0].fields
+    assert first["section"] == "compute" and first["windows"] >= 3
+    assert first["score"] < 0.75 and first["median_s"] > first["fastest_s"]
+    stats = _named(events, ev.STRAGGLER_STATS)
+    assert stats and stats[-1].fields["sections"][0]["slowest"][0][0] == 2
+
+
+def test_equal_ranks_raise_no_straggler(procs: Procs, tmp_path: Path) -> None:
+    result, events, _ = _run(
+        procs,
+        tmp_path,
+        "--nproc-per-node",
+        "3",
+        "--straggler-window",
+        "1",
+        script=("--steps", "90", "--step-s", "0.0", "--compute-s", "0.02"),
+        env=clean_env(),
+    )
+    assert result.code == 0, result
+    assert _named(events, ev.STRAGGLER_STATS)  # scored, windows went by
+    assert not _named(events, ev.STRAGGLER_DETECTED)

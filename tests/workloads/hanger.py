@@ -1,12 +1,14 @@
 """A gloo job that beats once per step; one rank hangs on the first attempt.
 
     hanger.py OUT --steps N --hang-rank R --hang-step K [--how sleep|timer] [--always]
+              [--compute-s S [--slow-rank R]]
 
 At step K of attempt 0 (every attempt with --always) rank R stops in `chaos_hang`:
     sleep   time.sleep in a named function (the GIL released; its peers block in all_reduce)
     timer   the same, inside torch's `expires(after=1)` (TORCHELASTIC_ENABLE_FILE_TIMER=1)
     gil     a busy loop that never releases the GIL (py-spy must still dump it)
-Every rank writes OUT/done-<rank>-<restart> when it finishes all steps.
+With --compute-s every step times a `progress.section("compute")` of S seconds (3S on
+--slow-rank), for straggler scores. Every rank writes OUT/done-<rank>-<restart> at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--how", choices=["sleep", "timer", "gil"], default="sleep")
     parser.add_argument("--always", action="store_true")
     parser.add_argument("--step-s", type=float, default=0.05)
+    parser.add_argument("--compute-s", type=float, default=0.0, help="timed section per step")
+    parser.add_argument("--slow-rank", type=int, default=-1, help="its section takes 3x")
     args = parser.parse_args()
     rank = int(os.environ["RANK"])
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -52,6 +56,9 @@ def main() -> None:
                 with expires(after=1, scope="chaos_step"):
                     chaos_hang("sleep")
             chaos_hang(args.how)
+        if args.compute_s > 0:
+            with progress.section("compute"):
+                time.sleep(args.compute_s * (3 if rank == args.slow_rank else 1))
         dist.all_reduce(torch.ones(4))
         progress.beat(step=step)
         time.sleep(args.step_s)
