@@ -121,7 +121,6 @@ def test_sigkill_of_the_launcher_leaves_no_process_holding_device_memory(
     smi = shutil.which("nvidia-smi")
     if smi is not None:  # the driver's own list of processes holding device memory
         query = [smi, "--query-compute-apps=pid", "--format=csv,noheader"]
-        holders = {
-            int(x) for x in subprocess.run(query, capture_output=True, text=True).stdout.split()
-        }
+        listed = subprocess.run(query, check=True, capture_output=True, text=True).stdout
+        holders = {int(x) for x in listed.split()}
         assert not holders & set(pids), holders
