@@ -219,7 +219,10 @@ class Agent:
         if incident is not None and self._rendezvous is not None:
             # Tell the other nodes first: they dump their ranks while this one does.
             self._rendezvous.report_failure(f"{incident.detail} on {self.node_id}", reason=HANG)
-        elif state == MEMBERSHIP and self._changed == HANG:
+        elif (state == MEMBERSHIP and self._changed == HANG) or (
+            # This node's workers failed on the broken connections of a hang elsewhere.
+            state == FAILED and self._rendezvous is not None and self._rendezvous.check() == HANG
+        ):
             incident = Incident(source="peer", rank=None, pid=None)
         elif state == FAILED and timed is not None:
             incident = Incident(source="symptom", rank=timed.global_rank, pid=timed.pid)
