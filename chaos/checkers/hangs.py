@@ -17,9 +17,15 @@ judged on:
              its ranks, the others on `source: peer`. ok with a null path counts: faulthandler
              printed the traceback to the worker's console (no ptrace for py-spy, as in a
              container without SYS_PTRACE, and no stderr log to copy it from);
-  culprits   the ranks blamed by hang.culprit.attributed of the originating node for that
-             round, against expect.hang.culprits ([] = the launcher must say "culprit
-             unknown"); the blame's `by` and `reason` are the evidence.
+  culprits   the union of the ranks blamed by every node's hang.culprit.attributed for that
+             round, against expect.hang.culprits: each expected rank named by some node, and
+             no node naming another ([] = every node must say "culprit unknown"). Not the
+             originating node's blame alone: blame is per node (an agent weighs only its own
+             ranks' progress and stacks), and which node originates is a race between the
+             nodes' polls (runs of scenarios/hang_rank.yaml show node 0 originating too, on
+             its ranks that wait for rank 3 on node 1); a node that cannot see the culprit
+             says "culprit unknown", which neither names it nor contradicts the one that
+             does. Each node's `by` and `reason` are the evidence.
 
 Measured values are always reported; with torchrun (no event log) the verdict is unknown.
 """
@@ -75,12 +81,14 @@ class Incident:
         return [rank for rank in range(self.world_size) if rank not in self.dumped]
 
     @property
-    def origin_blame(self) -> Blamed | None:
-        return next((b for b in self.blamed if b.node == self.origin_node), None)
+    def blamed_ranks(self) -> tuple[int, ...] | None:
+        """Every rank some node blamed for the round; None when no node attributed it."""
+        if not self.blamed:
+            return None
+        return tuple(sorted({rank for b in self.blamed for rank in b.culprits}))
 
     def to_dict(self) -> dict[str, Any]:
         first = self.origins[0][1].fields
-        blame = self.origin_blame
         methods: dict[str, int] = {}
         for _, dump in self.dumped.values():
             method = str(dump.get("method"))
@@ -96,8 +104,10 @@ class Incident:
             "missing": self.missing,
             "to_console": sorted(r for r, (_, d) in self.dumped.items() if d.get("path") is None),
             "methods": methods,
-            "blamed": None if blame is None else list(blame.culprits),
-            "by": None if blame is None else blame.by,
+            "blamed": None if self.blamed_ranks is None else list(self.blamed_ranks),
+            "blame_by_node": {
+                str(b.node): {"culprits": list(b.culprits), "by": b.by} for b in self.blamed
+            },
         }
 
 
@@ -196,20 +206,19 @@ def _judge(incident: Incident, expect: HangExpectation) -> tuple[list[str], list
             problems.append(f"{where}: world size unknown (no rendezvous.round.complete)")
         elif missing:
             problems.append(f"{where}: no ok stack dump of rank(s) {_ranks(missing)}")
-    blame = incident.origin_blame
-    for b in sorted(incident.blamed, key=lambda b: b.node != incident.origin_node):
-        role = "originating" if b.node == incident.origin_node else "peer"
+    origins = [node for node, _ in incident.origins]
+    for b in sorted(incident.blamed, key=lambda b: (b.node not in origins, b.node)):
+        role = "originating" if b.node in origins else "peer"
         evidence.append(
             f"{where}: node {b.node} ({role}) blamed {_ranks(b.culprits)} by {b.by}: {b.reason}"
         )
     if expect.culprits is not None:
         wanted = "culprit unknown" if not expect.culprits else _ranks(expect.culprits)
-        if blame is None:
-            problems.append(
-                f"{where}: node {incident.origin_node} attributed no culprit (expected {wanted})"
-            )
-        elif blame.culprits != expect.culprits:
-            said = _ranks(blame.culprits) if blame.culprits else "culprit unknown"
+        blamed = incident.blamed_ranks
+        if blamed is None:
+            problems.append(f"{where}: no node attributed the hang (expected {wanted})")
+        elif blamed != expect.culprits:
+            said = _ranks(blamed) if blamed else "culprit unknown"
             problems.append(f"{where}: blamed {said}, expected {wanted}")
     return problems, evidence
 
@@ -242,15 +251,12 @@ class HangChecker:
         if problems:
             return verdict(self.name, False, "; ".join(problems), evidence, measured)
         if not found:
-            return verdict(self.name, True, "no hang detected (expected none)", evidence, measured)
+            summary = f"no hang detected (expected {_range(expect.count)})"
+            return verdict(self.name, True, summary, evidence, measured)
         parts = []
         for incident in found:
-            blame = incident.origin_blame
-            said = (
-                "none"
-                if blame is None
-                else (_ranks(blame.culprits) if blame.culprits else "culprit unknown")
-            )
+            blamed = incident.blamed_ranks
+            said = "nobody" if blamed is None else _ranks(blamed) if blamed else "culprit unknown"
             late = "?" if incident.lateness_s is None else f"{incident.lateness_s:.3f}s"
             parts.append(
                 f"round {incident.round}: node {incident.origin_node} detected {late} late, "

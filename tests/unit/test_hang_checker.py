@@ -121,7 +121,11 @@ def test_healthy_hang_story_passes_with_measured_values() -> None:
     assert m["origin_nodes"] == [1] and m["source"] == "progress" and m["rank"] == 3
     assert m["lateness_s"] == 0.114 and m["world_size"] == 4
     assert m["dumped"] == [0, 1, 2, 3] and m["missing"] == [] and m["methods"] == {"py-spy": 4}
-    assert m["blamed"] == [3] and m["by"] == "step"
+    assert m["blamed"] == [3]
+    assert m["blame_by_node"] == {
+        "1": {"culprits": [3], "by": "step"},
+        "0": {"culprits": [], "by": "none"},
+    }
     assert any("node 0 (peer) blamed [] by none" in line for line in v.evidence)
 
 
@@ -255,7 +259,35 @@ def test_culprit_unknown_is_judged_both_ways() -> None:
 
 
 def test_no_attribution_fails_and_culprits_unset_are_not_judged() -> None:
-    pairs = without(story(), ev.HANG_ATTRIBUTED, culprits=[3])
+    pairs = without(story(), ev.HANG_ATTRIBUTED)
     v = judge(pairs)
-    assert v.status == FAIL and "node 1 attributed no culprit" in v.summary
+    assert v.status == FAIL and "no node attributed the hang (expected [3])" in v.summary
     assert judge(pairs, scenario(culprits=None)).status == PASS
+
+
+def test_blame_is_the_union_of_every_node_for_the_round() -> None:
+    # Node 0 originates (its ranks wait for rank 3) and cannot see rank 3: "culprit unknown";
+    # node 1, told by the peer report, blames rank 3 by step. Together: rank 3.
+    pairs = [
+        round_complete(0, 0.0, 0),
+        round_complete(1, 0.0, 0),
+        detected(0, 10.0, rank=1, step=8),
+        dumped(0, 0, 10.02),
+        dumped(0, 1, 10.02),
+        blamed(0, 10.02, [], by="none"),
+        detected(1, 10.05, source="peer"),
+        dumped(1, 2, 10.08),
+        dumped(1, 3, 10.08),
+        blamed(1, 10.08, [3]),
+    ]
+    v = judge(pairs)
+    assert v.status == PASS, v
+    assert v.evidence[-2].startswith("round 0: node 0 (originating) blamed [] by none")
+    assert v.evidence[-1].startswith("round 0: node 1 (peer) blamed [3] by step")
+    # A node naming another rank contradicts it, whoever originated.
+    contradicted = [*without(pairs, ev.HANG_ATTRIBUTED, culprits=[]), blamed(0, 10.02, [1])]
+    v = judge(contradicted)
+    assert v.status == FAIL and "blamed [1, 3], expected [3]" in v.summary
+    # Blame in another round does not count for this one.
+    elsewhere = [*without(pairs, ev.HANG_ATTRIBUTED, culprits=[3]), blamed(1, 3.0, [3], rnd=7)]
+    assert judge(elsewhere).status == FAIL
