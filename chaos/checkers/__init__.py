@@ -3,7 +3,7 @@
     verdict.py   Verdict, the Checker protocol, worst-wins combination
     facts.py     read-only views of a History shared by the checkers and the timeline
     outcome.py restarts.py world.py rank_map.py root_cause.py lost_work.py timing.py
-    hygiene.py   one property each, pure
+    hangs.py hygiene.py   one property each, pure
     suite.py     default_checkers(), run_checkers()
     cli_check.py `chaos check RUN_DIR`
 

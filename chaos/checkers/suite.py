@@ -5,6 +5,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 
+from chaos.checkers.hangs import HangChecker
 from chaos.checkers.hygiene import HygieneChecker
 from chaos.checkers.lost_work import LostWorkChecker
 from chaos.checkers.outcome import OutcomeChecker
@@ -29,6 +30,7 @@ def default_checkers() -> list[Checker]:
         LostWorkChecker(),
         DetectionChecker(),
         RecoveryChecker(),
+        HangChecker(),
         HygieneChecker(),
     ]
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from chaos.scenario.fault_rules import FAULT_FIELDS
-from chaos.scenario.schema import Expectations, Fault, IntRange, Scenario, Trigger
+from chaos.scenario.schema import (
+    Expectations,
+    Fault,
+    HangExpectation,
+    IntRange,
+    Scenario,
+    Trigger,
+)
 
 
 def scenario_to_data(scenario: Scenario) -> dict[str, Any]:
@@ -122,5 +129,18 @@ def expect_to_data(expect: Expectations) -> dict[str, Any]:
     for key in ("max_lost_steps", "detect_within_s", "recover_within_s"):
         if getattr(expect, key) is not None:
             data[key] = getattr(expect, key)
+    if expect.hang is not None:
+        data["hang"] = hang_to_data(expect.hang)
     data["hygiene"] = expect.hygiene
+    return data
+
+
+def hang_to_data(hang: HangExpectation) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if hang.culprits is not None:
+        data["culprits"] = list(hang.culprits)
+    if hang.detect_within_s is not None:
+        data["detect_within_s"] = hang.detect_within_s
+    data["dumps"] = hang.dumps
+    data["count"] = int_range_to_data(hang.count)
     return data

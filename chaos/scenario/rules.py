@@ -18,6 +18,7 @@ from chaos.scenario.schema import (
     RESTART_REASONS,
     TOPOLOGY_BACKENDS,
     Expectations,
+    HangExpectation,
     IntRange,
     RootCause,
     Scenario,
@@ -37,8 +38,9 @@ WORKLOAD_KEYS = ("script", "steps", "step_s", "checkpoint_every", "args")
 EXPECT_KEYS = (
     "outcome", "failure_reason", "restarts", "restarts_by_reason", "uncharged_scale_events",
     "final_world_size", "rank_invariants", "root_cause", "max_lost_steps", "detect_within_s",
-    "recover_within_s", "hygiene",
+    "recover_within_s", "hang", "hygiene",
 )  # fmt: skip
+HANG_KEYS = ("culprits", "detect_within_s", "dumps", "count")
 ROOT_CAUSE_KEYS = ("rank", "node", "exit_code", "signal")
 OUTCOMES = ("succeeded", "failed")
 ETCD_MEMBERS = (1, 3, 5)
@@ -235,6 +237,7 @@ def build_expect(f: Fields, ctx: Context) -> Expectations:
     for key in ("detect_within_s", "recover_within_s"):
         v = f.get(key)
         within[key] = None if v is None else v.number(low=0.0, above=True, high=MAX_TIMEOUT_S)
+    hang = _hang(v, ctx) if (v := f.get("hang")) is not None else None
     flags = {
         key: v.boolean() if (v := f.get(key)) is not None else True
         for key in ("uncharged_scale_events", "rank_invariants", "hygiene")
@@ -245,7 +248,7 @@ def build_expect(f: Fields, ctx: Context) -> Expectations:
         root_cause=root_cause, max_lost_steps=max_lost,
         detect_within_s=within["detect_within_s"], recover_within_s=within["recover_within_s"],
         uncharged_scale_events=flags["uncharged_scale_events"],
-        rank_invariants=flags["rank_invariants"], hygiene=flags["hygiene"],
+        rank_invariants=flags["rank_invariants"], hang=hang, hygiene=flags["hygiene"],
     )  # fmt: skip
 
 
@@ -267,6 +270,26 @@ def int_range(value: Value) -> IntRange:
     if low > high:
         value.error(f"expected low <= high, got {low}..{high}")
     return IntRange(low=low, high=high)
+
+
+def _hang(value: Value, ctx: Context) -> HangExpectation:
+    f = value.fields(HANG_KEYS, what="a mapping with culprits, detect_within_s, dumps or count")
+    culprits = None
+    if (v := f.get("culprits")) is not None:
+        ranks: list[int] = []
+        why = f" (the largest world is {ctx.max_world})"
+        for item in v.items(what="a list of global ranks ([] for 'culprit unknown')"):
+            rank = item.integer(low=0, high=ctx.max_world - 1, what="a global rank", why=why)
+            if rank in ranks:
+                item.error(f"rank {rank} is listed twice")
+            ranks.append(rank)
+        culprits = tuple(sorted(ranks))  # the launcher reports them sorted
+    within = None
+    if (v := f.get("detect_within_s")) is not None:
+        within = v.number(low=0.0, above=True, high=MAX_TIMEOUT_S)
+    dumps = v.boolean() if (v := f.get("dumps")) is not None else True
+    count = int_range(v) if (v := f.get("count")) is not None else IntRange(low=1, high=1)
+    return HangExpectation(culprits=culprits, detect_within_s=within, dumps=dumps, count=count)
 
 
 def _root_cause(value: Value, ctx: Context) -> RootCause:

@@ -100,6 +100,18 @@ class RootCause:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HangExpectation:
+    """What the launcher must have done about a hang (judged by chaos/checkers/hangs.py)."""
+
+    culprits: tuple[int, ...] | None = None  # global ranks blamed; (): "culprit unknown"
+    # seconds_since_progress - timeout_s of the incident: how late past its deadline.
+    detect_within_s: float | None = None
+    dumps: bool = True  # every rank of the hung round, on every node, has an ok dump
+    # Originating incidents (source progress or file_timer), not the peers' echoes.
+    count: IntRange = field(default_factory=lambda: IntRange(low=1, high=1))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Expectations:
     outcome: str = "succeeded"  # or "failed"
     failure_reason: str | None = None  # e.g. "budget_spent", "store_lost"
@@ -112,6 +124,7 @@ class Expectations:
     max_lost_steps: int | None = None  # default: the workload's checkpoint interval
     detect_within_s: float | None = None
     recover_within_s: float | None = None
+    hang: HangExpectation | None = None
     hygiene: bool = True  # no process of the job left, no port left bound
 
 

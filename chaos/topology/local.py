@@ -33,6 +33,7 @@ from chaos.topology import procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.etcd import EtcdCluster
 from chaos.topology.etcd_members import Placement, ProcessPlacement, die_with_parent
+from chaos.topology.launcher_args import without_extensions
 from chaos.topology.view import JobView
 from launcher.events import RDZV_ROUND_COMPLETE, WORKER_STARTED
 
@@ -174,6 +175,8 @@ class LocalTopology:
         low = topo.min_nodes if topo.min_nodes is not None else topo.nodes
         high = topo.max_nodes if topo.max_nodes is not None else topo.nodes + topo.spares
         rest, conf = split_rdzv_conf(topo.launcher_args)
+        if self.launcher == "torchrun":
+            rest = without_extensions(rest)
         backend = topo.rdzv_backend
         if self.launcher == "torchrun" and backend == "c10d":
             # torch treats every loopback endpoint as "mine": name the host explicitly so

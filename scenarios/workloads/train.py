@@ -3,7 +3,7 @@
 Usage (one process per rank, under `launcher` or `torchrun`):
 
     train.py --steps N --step-s S --checkpoint-every K --ckpt-dir DIR [--pg-timeout-s T]
-             [--detached-helper]
+             [--detached-helper] [--hang-rank R --hang-step K]
 
 Every rank resumes from DIR/ckpt.pt (step + model + optimizer state) when it exists, trains
 a tiny MLP on synthetic data up to step N, and sleeps S seconds per step so faults land while
@@ -17,6 +17,15 @@ leaves a torn checkpoint). The harness observes it through two environment varia
   `{"exit_code": n}` exits with n, `{"exception": "msg"}` raises RuntimeError(msg) (recorded
   in the error file by the `record` decorator). The file is consumed by renaming it first, so
   the worker that replaces this one after the restart does not fail again.
+
+Every step ends with `launcher.progress.beat(step=...)` (a no-op under torchrun), so the
+launcher's hang detection watches the job; the teardown after the last step is a phase
+without a timeout, so a slow barrier at the end is never taken for a hang. `--hang-rank R
+--hang-step K` makes rank R hang at step K of the first attempt only (in `chaos_hang`, a long
+sleep that releases the GIL, so a stack dump shows where it is), after the step's all_reduce
+and before its beat and report: its peers finish step K and block in DDP's all_reduce of
+step K+1. Give such a run a `--pg-timeout-s` above the launcher's `--hang-timeout`, so the
+launcher notices before gloo does.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import json
 import os
 import subprocess
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +53,24 @@ except ImportError:  # run outside the repository (torchrun from another checkou
         record,
     )
 
+
+class _NoProgress:
+    """launcher.progress's calls as no-ops, for a run where launcher is not importable."""
+
+    def beat(self, step: int | None = None) -> None:
+        return None
+
+    def phase(self, name: str, timeout: float | None = None) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+try:
+    from launcher import progress
+except ImportError:  # as for `record`: the workload must run without this repository
+    progress = _NoProgress()  # type: ignore[assignment]
+
 CKPT_NAME = "ckpt.pt"
+HANG_S = 3600.0  # "forever" for a scenario; the launcher or the harness ends it first
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +86,23 @@ def parse_args() -> argparse.Namespace:
         help="start a helper that leaves the worker's session (as `nohup cmd &` in a new "
         "session does): it outlives the worker unless the launcher contains it",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--hang-rank",
+        type=int,
+        default=None,
+        help="this global rank hangs at --hang-step on the first attempt (restart count 0)",
+    )
+    parser.add_argument("--hang-step", type=int, default=None)
+    args = parser.parse_args()
+    if (args.hang_rank is None) != (args.hang_step is None):
+        parser.error("--hang-rank and --hang-step go together")
+    return args
+
+
+def chaos_hang() -> None:
+    """A rank that stops making progress: a stack dump shows this frame. time.sleep releases
+    the GIL, as a wedged C call or a dead data loader would leave it."""
+    time.sleep(HANG_S)
 
 
 def start_detached_helper() -> None:
@@ -155,6 +198,8 @@ def main() -> None:
         "master_port": int(env.get("MASTER_PORT", "0")),
         "pid": os.getpid(),
     }
+    # Only the first attempt hangs: the restart that recovers from it must finish.
+    hang_at = args.hang_step if args.hang_rank == rank and base["restart_count"] == 0 else None
     for step in range((resumed_from or 0) + 1, args.steps + 1):
         check_control(rank)
         gen = torch.Generator().manual_seed(step * 1000 + rank)
@@ -163,15 +208,23 @@ def main() -> None:
         opt.zero_grad()
         loss_fn(ddp(inputs), target).backward()  # DDP all_reduces the gradients here
         opt.step()
+        if step == hang_at:
+            # After this step's all_reduce, before its beat: the peers finish step K and
+            # wait in step K+1's, so the hung rank is the one behind (see hang_rank.yaml).
+            chaos_hang()
         report_step({"t": time.time(), "step": step, **base})
+        progress.beat(step=step)
         if rank == 0 and step % args.checkpoint_every == 0:
             save_checkpoint(args.ckpt_dir, step, model, opt)
         time.sleep(args.step_s)
-    dist.barrier()
-    # gloo aborts at exit when a DDP reducer still holds the group: free it first.
-    del ddp
-    gc.collect()
-    dist.destroy_process_group()
+    # After the last beat: without a phase, waiting here for a slow peer would count
+    # against the hang timeout (no timeout: detection is suspended while it is open).
+    with progress.phase("teardown"):
+        dist.barrier()
+        # gloo aborts at exit when a DDP reducer still holds the group: free it first.
+        del ddp
+        gc.collect()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,15 @@ import pytest
 
 from chaos.scenario.cli_validate import validate_main
 from chaos.scenario.loader import ScenarioError, dump_scenario, load_scenario, load_scenario_text
-from chaos.scenario.schema import Expectations, IntRange, RootCause, Scenario, Topology, Workload
+from chaos.scenario.schema import (
+    Expectations,
+    HangExpectation,
+    IntRange,
+    RootCause,
+    Scenario,
+    Topology,
+    Workload,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "scenarios.md"
 N = "name: t\n"
@@ -113,6 +121,23 @@ def test_partition_mode_defaults_to_drop_and_round_trips() -> None:
     assert "mode" not in dump_scenario(s).split("groups")[0]  # the default is not written
     err = error(head + "- {kind: crash_node, node: 1, mode: drop, trigger: {at_s: 1}} #<")
     assert err.field == "faults[0].mode" and "crash_node takes no mode" in err.detail
+
+
+def test_hang_expectation_defaults_and_round_trips() -> None:
+    assert load(N + "expect: {hang: {}}").expect.hang == HangExpectation()
+    assert HangExpectation().count == IntRange(low=1, high=1) and HangExpectation().dumps
+    assert load(N + "expect: {hang: ~}").expect.hang is None  # null: not checked
+    s = load(
+        N + "topology: {nproc_per_node: 2}\n"
+        "expect: {hang: {culprits: [3, 1], detect_within_s: 2, dumps: false, count: '1..2'}}"
+    )
+    assert s.expect.hang == HangExpectation(
+        culprits=(1, 3), detect_within_s=2.0, dumps=False, count=IntRange(low=1, high=2)
+    )
+    unknown = load(N + "expect: {hang: {culprits: []}}").expect.hang
+    assert unknown is not None and unknown.culprits == ()  # must say "culprit unknown"
+    for scenario in (s, load(N + "expect: {hang: {culprits: []}}")):
+        assert load(dump_scenario(scenario)) == scenario
 
 
 def test_random_targets_and_merge_keys() -> None:
@@ -267,6 +292,16 @@ RULES = [
     (N + "expect: {hygiene: maybe} #<", "expect.hygiene", "true or false, got 'maybe'"),
     (N + "expect: {max_lost_steps: -1} #<", "expect.max_lost_steps", "got -1"),
     (N + "expect: {detect_within_s: 0} #<", "expect.detect_within_s", "> 0"),
+    (N + "expect: {hang: true} #<", "expect.hang", "a mapping with culprits"),
+    (N + "expect: {hang: {culprit: [1]}} #<", "expect.hang.culprit", "did you mean 'culprits'"),
+    (N + "expect: {hang: {culprits: 1}} #<", "expect.hang.culprits", "a list of global ranks"),
+    (N + "expect:\n  hang:\n    culprits: [0, 2] #<", "expect.hang.culprits[1]",
+     "a global rank between 0 and 1 (the largest world is 2), got 2"),
+    (N + "expect:\n  hang:\n    culprits: [1, 1] #<", "expect.hang.culprits[1]",
+     "rank 1 is listed twice"),
+    (N + "expect: {hang: {detect_within_s: 0}} #<", "expect.hang.detect_within_s", "> 0"),
+    (N + "expect: {hang: {dumps: 1}} #<", "expect.hang.dumps", "true or false"),
+    (N + "expect: {hang: {count: 2..1}} #<", "expect.hang.count", "low <= high, got 2..1"),
     ("name: t\nname: u #<", "name", "duplicate key (first at line 1)"),
     (N + "topology: {nodes: !!python/int 3} #<", "topology.nodes",
      "unsupported YAML tag '!!python/int'"),
