@@ -34,12 +34,12 @@ from launcher.failures.report import (
     failure_fields,
     format_summary,
     observe_failure,
-    peer_timed_out,
     root_cause,
 )
 from launcher.inbox import SignalInbox
 from launcher.progress.detector import HangPolicy
-from launcher.progress.incident import HangReport, respond
+from launcher.progress.evidence import gather
+from launcher.progress.incident import HangReport
 from launcher.progress.stragglers import StragglerPolicy
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
@@ -59,7 +59,7 @@ from launcher.workers.pump import OutputPump
 log = logging.getLogger(__name__)
 
 SUCCEEDED, FAILED, SIGNALED, MEMBERSHIP = "succeeded", "failed", "signaled", "membership"
-HUNG, HANG = "hung", "hang"  # a monitor state; the rendezvous reason it reports
+HUNG = "hung"  # a monitor state: launcher.progress found a hang
 SPARE_DONE = "spare_done"
 
 
@@ -212,25 +212,13 @@ class Agent:
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
     def _evidence(self, state: str, rnd: RoundInfo) -> HangReport | None:
-        """Every running rank's stack before anything is stopped: on a hang here or on
-        another node, or a failure that says a peer timed out (the stuck rank still runs)."""
-        incident = self._incident if state == HUNG else None
-        timed = peer_timed_out(self._attempt_failures)
-        if incident is not None and self._rendezvous is not None:
-            # Tell the other nodes first: they dump their ranks while this one does.
-            self._rendezvous.report_failure(f"{incident.detail} on {self.node_id}", reason=HANG)
-        elif (state == MEMBERSHIP and self._changed == HANG) or (
-            # This node's workers failed on the broken connections of a hang elsewhere.
-            state == FAILED and self._rendezvous is not None and self._rendezvous.check() == HANG
-        ):
-            incident = Incident(source="peer", rank=None, pid=None)
-        elif state == FAILED and timed is not None:
-            incident = Incident(source="symptom", rank=timed.global_rank, pid=timed.pid)
-        if incident is None or not self.group.running:
-            return None
-        return respond(
-            incident,
-            [dump_target(w) for w in self.group.running],
+        """Every running rank's stack before anything is stopped, when a hang may be why."""
+        return gather(
+            detected=self._incident if state == HUNG else None,
+            moved_for=self._changed if state == MEMBERSHIP else None,
+            failed=self._attempt_failures if state == FAILED else (),
+            peers=self._rendezvous,
+            targets=[dump_target(w) for w in self.group.running],
             snapshots=self.watch.snapshots(),
             run_dir=self.logs.run_dir,
             round_no=rnd.round,

@@ -31,8 +31,9 @@ from launcher.progress.watch import Incident
 
 log = logging.getLogger("launcher.agent")
 
-# torch.distributed's collectives run through this module: a frame in it means "waiting".
-_COLLECTIVE = "distributed_c10d"
+# Frames that mean "waiting for the other ranks": torch.distributed's collectives, and the
+# autograd engine under DDP (its gradient all_reduce runs inside backward, in C++).
+_COLLECTIVE = ("distributed_c10d", "_engine_run_backward", "torch/nn/parallel/distributed.py")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,7 +161,9 @@ def _blame(incident: Incident, proof: list[RankEvidence], frames: dict[int, list
     # Every rank equally stale: the ranks wait for each other. The one that is not waiting
     # inside a collective is holding the rest up.
     stacks = {rank: f for rank, f in frames.items() if f}
-    waiting = {rank for rank, f in stacks.items() if any(_COLLECTIVE in frame for frame in f)}
+    waiting = {
+        rank for rank, f in stacks.items() if any(m in frame for frame in f for m in _COLLECTIVE)
+    }
     outside = sorted(set(stacks) - waiting)
     if not waiting or not outside:
         return verdict

@@ -53,6 +53,15 @@ class Rendezvous(Protocol):
         """Every node must restart (charged): a worker failed, or hung (reason "hang")."""
         ...
 
+    def hang_dumped(self) -> None:
+        """This node has taken its ranks' stacks after a hang (the round before the bump)."""
+        ...
+
+    def await_dumps(self, timeout_s: float) -> int:
+        """Waits, bounded, until every node of the hung round has taken its ranks' stacks;
+        how many had."""
+        ...
+
     def finish(self, *, succeeded: bool = True) -> None:
         """The end of this node's part: its workers all succeeded, or the job failed (the
         restart budget is spent). Waits, bounded, so peers can finish with the store."""

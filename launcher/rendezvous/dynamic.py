@@ -41,10 +41,12 @@ from launcher.rendezvous.state import (
     check_round,
     conclude,
     declared_dead,
+    dumped_count,
     goodbye,
     heartbeat,
     join,
     leave,
+    mark_dumped,
     report_failure,
     retire,
 )
@@ -244,6 +246,30 @@ class DynamicRendezvous:
             )
         except Interrupted:
             return  # a signal: the agent's loop handles it next
+
+    def hang_dumped(self) -> None:
+        a = self.assignment
+        if a is None:
+            return
+        try:  # best effort: without it the detecting node stops after its bounded wait
+            self._driver.run(mark_dumped(self.params, a))
+        except (RendezvousConnectionError, Interrupted):
+            return
+
+    def await_dumps(self, timeout_s: float) -> int:
+        a = self.assignment
+        if a is None:
+            return 0
+        deadline = self._driver.now() + timeout_s
+        count = 0
+        try:
+            while True:
+                count = self._driver.run(dumped_count(self.params, a))
+                if count >= a.group_world_size or self._driver.now() >= deadline:
+                    return count
+                self._driver.sleep(0.1)  # a counter in the store: nothing to block on
+        except (RendezvousConnectionError, Interrupted):
+            return count
 
     def finish(self, *, succeeded: bool = True) -> None:
         a = self.assignment

@@ -106,6 +106,12 @@ class LocalRendezvous:
         self._pending_failure = detail
         self._pending_reason = reason
 
+    def hang_dumped(self) -> None:
+        return None
+
+    def await_dumps(self, timeout_s: float) -> int:
+        return 1  # one node: this one
+
     def finish(self, *, succeeded: bool = True) -> None:
         return None
 

@@ -57,6 +57,18 @@ def report_failure(
         yield from bump(p, cur, reason=reason, by=by, expected=a.group_world_size, detail=detail)
 
 
+def mark_dumped(p: Params, a: Assignment) -> Generator[Op, Feedback, None]:
+    """After a hang in round `a.round`: this node's ranks' stacks are taken."""
+    yield Add(Keys(p.run_id).r(a.round, "dumped"), 1)
+
+
+def dumped_count(p: Params, a: Assignment) -> Generator[Op, Feedback, int]:
+    """How many nodes of round `a.round` have taken their ranks' stacks (the node that
+    detected the hang waits for all of them before stopping anything)."""
+    value, _ = yield Add(Keys(p.run_id).r(a.round, "dumped"), 0)
+    return int(value)
+
+
 def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:
     """A deliberate exit: mark this incarnation gone and let the rest re-form at once."""
     k = Keys(p.run_id)
