@@ -24,6 +24,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from launcher.workers import descendants
 from launcher.workers.descendants import wait_gone
 
 
@@ -136,14 +137,7 @@ class CgroupScope:
         return [int(p) for p in text.split()]
 
     def signal(self, sig: int) -> list[int]:
-        sent = []
-        for pid in self.pids():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                continue
-            sent.append(pid)
-        return sent
+        return descendants.send(self.pids(), sig)
 
     def kill(self) -> list[int]:
         """SIGKILLs everything in the cgroup at once (processes forking meanwhile too)."""

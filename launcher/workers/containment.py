@@ -81,14 +81,7 @@ class SubreaperScope:
         return sorted(found - self._spared)
 
     def signal(self, sig: int) -> list[int]:
-        sent = []
-        for pid in self.pids():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                continue
-            sent.append(pid)
-        return sent
+        return descendants.send(self.pids(), sig)
 
     def kill(self) -> list[int]:
         return self.signal(signal.SIGKILL)

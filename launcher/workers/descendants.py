@@ -127,6 +127,18 @@ def _alive_of(pids: list[int]) -> Callable[[], list[int]]:
     return lambda: [p for p in pids if _state(p) not in (None, "Z", "X")]
 
 
+def send(pids: Iterable[int], sig: int) -> list[int]:
+    """Signals each pid that still exists; returns those signalled."""
+    sent = []
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+        sent.append(pid)
+    return sent
+
+
 def reap(pids: Iterable[int]) -> None:
     """waitpid for adopted orphans that have exited (never for pids Popen owns)."""
     for pid in pids:
