@@ -226,6 +226,7 @@ class Agent:
             method=self.config.hang_dump,
             events=self.events,
             node=self.node_id,
+            fr_pipe_prefix=self._agent_env.get("TORCH_NCCL_DEBUG_INFO_PIPE_FILE"),
         )
 
     def _monitor(self) -> str:

@@ -13,6 +13,12 @@ Every rank of the node is dumped in parallel, each within a bounded time, into
                   on a console it stays where the user sees it.
 
 Never SIGUSR1/SIGUSR2: a worker without a handler for them dies without a word.
+
+NCCL's Flight Recorder: when the job sets TORCH_NCCL_DEBUG_INFO_PIPE_FILE (and a trace
+buffer, TORCH_NCCL_TRACE_BUFFER_SIZE > 0), every rank's process group listens on the FIFO
+`<prefix><rank>.pipe`; one byte written there makes it dump its collective trace (to
+TORCH_NCCL_DEBUG_INFO_TEMP_FILE + rank) without stopping. That is written first, before the
+stacks, for every rank that has such a pipe.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 AUTO, PY_SPY, FAULTHANDLER = "auto", "py-spy", "faulthandler"
@@ -51,6 +57,7 @@ class StackDump:
     error: str | None
     duration_s: float
     text: str  # what was captured ("" when it went to the console or failed)
+    flight_recorder: str | None = None  # the NCCL debug pipe written to, if any
 
 
 def py_spy_binary() -> str | None:
@@ -59,11 +66,36 @@ def py_spy_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
+def trigger_flight_recorder(prefix: str | None, ranks: list[int]) -> dict[int, str]:
+    """Writes one byte to each rank's NCCL debug pipe that exists; {rank: pipe path}."""
+    written: dict[int, str] = {}
+    for rank in ranks if prefix else []:
+        pipe = f"{prefix}{rank}.pipe"
+        try:  # non-blocking: a pipe nobody reads any more must not stall the hang path
+            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # no such pipe (no trace buffer, not NCCL) or nobody listening
+        try:
+            os.write(fd, b"1")
+            written[rank] = pipe
+        except OSError:
+            pass  # full or closed: the dump was asked for already
+        finally:
+            os.close(fd)
+    return written
+
+
 def dump_all(
-    targets: list[DumpTarget], out_dir: Path, *, method: str, timeout_s: float = 5.0
+    targets: list[DumpTarget],
+    out_dir: Path,
+    *,
+    method: str,
+    timeout_s: float = 5.0,
+    fr_pipe_prefix: str | None = None,
 ) -> list[StackDump]:
     """Dumps every target in parallel; a failed py-spy dump falls back to faulthandler."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = trigger_flight_recorder(fr_pipe_prefix, [t.rank for t in targets])
     spy = py_spy_binary() if method in (AUTO, PY_SPY) else None
     results: dict[int, StackDump] = {}
     if spy is not None:
@@ -73,7 +105,7 @@ def dump_all(
     rest = [t for t in targets if t.rank not in results]
     for dump in _faulthandler_all(rest, out_dir, timeout_s):
         results[dump.rank] = dump
-    return [results[t.rank] for t in targets]
+    return [replace(results[t.rank], flight_recorder=recorder.get(t.rank)) for t in targets]
 
 
 def _py_spy_all(

@@ -54,6 +54,7 @@ def gather(
     method: str,
     events: ev.EventSink,
     node: str,
+    fr_pipe_prefix: str | None = None,
 ) -> HangReport | None:
     """`detected`: this node's own hang; `moved_for`: why the rendezvous re-forms (None if
     it did not say); `failed`: this attempt's failed workers. None: nothing was dumped."""
@@ -80,6 +81,7 @@ def gather(
         method=method,
         events=events,
         node=node,
+        fr_pipe_prefix=fr_pipe_prefix,
     )
     if peers is not None and incident.source != "symptom":
         peers.hang_dumped()

@@ -66,6 +66,7 @@ def respond(
     method: str,
     events: ev.EventSink,
     node: str,
+    fr_pipe_prefix: str | None = None,
 ) -> HangReport:
     base = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="launcher_hang_"))
     out = base / "incidents" / name
@@ -73,7 +74,7 @@ def respond(
     detected_at = time.monotonic()
     events.emit(ev.HANG_DETECTED, **incident.fields(), round=round_no, incident_dir=str(out))
     states = {t.rank: _state(t.pid) for t in targets}  # before the dumps signal anyone
-    dumps = tuple(dump_all(list(targets), out, method=method))
+    dumps = tuple(dump_all(list(targets), out, method=method, fr_pipe_prefix=fr_pipe_prefix))
     for dump in dumps:
         events.emit(
             ev.HANG_STACK_DUMPED,
@@ -86,6 +87,7 @@ def respond(
             ok=dump.ok,
             error=dump.error,
             seconds_after_detection=round(time.monotonic() - detected_at, 3),
+            flight_recorder=dump.flight_recorder,
         )
     now = time.monotonic()
     proof = [
