@@ -34,6 +34,7 @@ from launcher.failures.report import (
     failure_fields,
     format_summary,
     observe_failure,
+    only_symptoms,
     root_cause,
 )
 from launcher.inbox import SignalInbox
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED, FAILED, SIGNALED, MEMBERSHIP = "succeeded", "failed", "signaled", "membership"
 HUNG = "hung"  # a monitor state: launcher.progress found a hang
+# How long a failure that is only a symptom (gloo's "Connection closed by peer") waits for
+# the failure that caused it: a worker's interpreter can take a second to exit after the
+# peer's collective already broke. Reported first, the symptom would be the job's blame.
+SYMPTOM_GRACE_S = 2.0
 SPARE_DONE = "spare_done"
 
 
@@ -235,14 +240,19 @@ class Agent:
         next_poll = time.monotonic() + self.watch.interval_s
         self._incident = None
         self._changed = None
+        grace_end = float("inf")
         while True:
             if self.inbox.drain():
                 return SIGNALED
             if self._attempt_failures:
-                return FAILED
-            if not self.group.running:
+                # Failures that only say a peer went away wait (bounded) for their cause: a
+                # local worker's own exit, or another node's report (the round moves).
+                grace_end = min(grace_end, time.monotonic() + SYMPTOM_GRACE_S)
+                if not only_symptoms(self._attempt_failures) or time.monotonic() >= grace_end:
+                    return FAILED
+            elif not self.group.running:
                 return SUCCEEDED
-            timeout = max(0.0, min(next_check, next_poll) - time.monotonic())
+            timeout = max(0.0, min(next_check, next_poll, grace_end) - time.monotonic())
             self.group.wait(timeout)
             now = time.monotonic()
             if now >= next_poll:

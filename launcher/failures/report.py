@@ -28,6 +28,7 @@ __all__ = [
     "failure_message",
     "format_summary",
     "observe_failure",
+    "only_symptoms",
     "peer_timed_out",
     "root_cause",
     "signal_name",
@@ -268,6 +269,11 @@ def failure_fields(failure: WorkerFailure) -> dict[str, object]:
         "kind": failure.kind.value,
         "stopped_by_agent": failure.stopped_by_agent,
     }
+
+
+def only_symptoms(failures: Sequence[WorkerFailure]) -> bool:
+    """Every failure says a peer went away or timed out: the cause is somewhere else."""
+    return bool(failures) and all(f.kind is FailureKind.SYMPTOM for f in failures)
 
 
 def peer_timed_out(failures: Sequence[WorkerFailure]) -> WorkerFailure | None:
