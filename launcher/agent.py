@@ -206,10 +206,11 @@ class Agent:
                 return self._signaled(self.inbox.received[0])
             hang = self._evidence(state, rnd)
             self.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
-            if hang is not None and state == HUNG:
-                failures = hang.failures(
-                    {w.global_rank: w.exitcode or 0 for w in self.group.workers}
-                )
+            if hang is not None and hang.incident.source != "peer":  # blamed here
+                codes = {w.global_rank: w.exitcode or 0 for w in self.group.workers}
+                failures = hang.failures(codes)
+                blamed = {f.global_rank for f in failures}  # each worker once, as the culprit
+                failures += tuple(f for f in self._attempt_failures if f.global_rank not in blamed)
                 announce.group_failed(self.events, self.restart_count, failures)
             elif state == FAILED:
                 failures = tuple(self._attempt_failures)

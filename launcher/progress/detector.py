@@ -278,6 +278,8 @@ def _by_age(ranks: list[RankEvidence], margin_s: float) -> tuple[list[RankEviden
         for r in ranks
     ]
     oldest, newest = max(ages), min(ages)
+    if newest == float("inf"):
+        return [], "none", "no rank reports progress (launcher.progress)"
     if oldest == newest or oldest - newest <= margin_s:
         return [], "none", f"every rank is at the same point and equally stale ({oldest:.1f} s)"
     stale = [r for r, age in zip(ranks, ages, strict=True) if age >= oldest - margin_s]

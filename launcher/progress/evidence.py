@@ -9,7 +9,8 @@
                     - another node's hang: the round moved with reason `hang` (seen by the
                       monitor, or by this node's workers failing on the broken connections);
                     - a worker here failed because a peer timed out (gloo, NCCL, a store): the
-                      rank that hung is still running somewhere, its stack is the evidence.
+                      rank that hung is still running somewhere, its stack is the evidence; this
+                      node reports it as a hang, as if it had detected one, so every node dumps.
 
 The rendezvous is reached through the small `Peers` protocol, so this module does not import
 it (only the agent uses both the rendezvous and the workers).
@@ -60,6 +61,9 @@ def gather(
     it did not say); `failed`: this attempt's failed workers. None: nothing was dumped."""
     incident = detected
     timed = peer_timed_out(failed)
+    if incident is None and timed is not None and moved_for != HANG:
+        # A collective or store timed out here: some rank is stuck, maybe on another node.
+        incident = Incident(source="symptom", rank=timed.global_rank, pid=timed.pid)
     if incident is not None and peers is not None:
         if peers.check() == HANG:
             incident = replace(incident, source="peer")  # someone else's report: one hang
@@ -67,8 +71,6 @@ def gather(
             peers.report_failure(f"{incident.detail} on {node}", reason=HANG)
     elif moved_for == HANG or (failed and peers is not None and peers.check() == HANG):
         incident = Incident(source="peer", rank=None, pid=None)
-    elif failed and timed is not None:
-        incident = Incident(source="symptom", rank=timed.global_rank, pid=timed.pid)
     if incident is None or not targets:
         return None
     report = respond(
@@ -82,9 +84,10 @@ def gather(
         events=events,
         node=node,
         fr_pipe_prefix=fr_pipe_prefix,
+        timed_out=[f.global_rank for f in failed if peer_timed_out([f]) is not None],
     )
-    if peers is not None and incident.source != "symptom":
+    if peers is not None:
         peers.hang_dumped()
-        if detected is not None and incident.source != "peer":
+        if incident.source != "peer":  # this node reported it: wait for everyone's stacks
             peers.await_dumps(DUMP_WAIT_S)
     return report

@@ -67,6 +67,7 @@ def respond(
     events: ev.EventSink,
     node: str,
     fr_pipe_prefix: str | None = None,
+    timed_out: Sequence[int] = (),
 ) -> HangReport:
     base = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="launcher_hang_"))
     out = base / "incidents" / name
@@ -95,7 +96,7 @@ def respond(
         for t in targets
     ]
     frames = {d.rank: key_frames(d.text) for d in dumps}
-    verdict = _blame(incident, proof, frames)
+    verdict = _blame(incident, proof, frames, timed_out)
     events.emit(
         ev.HANG_ATTRIBUTED,
         round=round_no,
@@ -149,7 +150,12 @@ def respond(
     )
 
 
-def _blame(incident: Incident, proof: list[RankEvidence], frames: dict[int, list[str]]) -> Blame:
+def _blame(
+    incident: Incident,
+    proof: list[RankEvidence],
+    frames: dict[int, list[str]],
+    timed_out: Sequence[int],
+) -> Blame:
     if incident.source == "file_timer" and incident.rank is not None:
         return Blame(
             culprits=(incident.rank,),
@@ -165,7 +171,7 @@ def _blame(incident: Incident, proof: list[RankEvidence], frames: dict[int, list
     stacks = {rank: f for rank, f in frames.items() if f}
     waiting = {
         rank for rank, f in stacks.items() if any(m in frame for frame in f for m in _COLLECTIVE)
-    }
+    } | set(timed_out)  # ranks that already failed waiting for a peer waited in one too
     outside = sorted(set(stacks) - waiting)
     if not waiting or not outside:
         return verdict

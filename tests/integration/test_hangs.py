@@ -214,3 +214,36 @@ def test_equal_ranks_raise_no_straggler(procs: Procs, tmp_path: Path) -> None:
     assert result.code == 0, result
     assert _named(events, ev.STRAGGLER_STATS)  # scored, windows went by
     assert not _named(events, ev.STRAGGLER_DETECTED)
+
+
+@needs_py_spy
+def test_a_script_that_never_beats_still_gets_the_stuck_ranks_stack(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """An unchanged torchrun script: no beats, so no hang is declared; gloo times out on the
+    ranks waiting for the stuck one. Their failure is a peer's timeout, so the ranks still
+    running are dumped before the stop, the stuck one is blamed by its stack, and the
+    restart is a hang's."""
+    result, events, out = _run(
+        procs,
+        tmp_path,
+        "--nproc-per-node",
+        "3",
+        "--max-restarts",
+        "1",
+        script=("--hang-rank", "1", "--hang-step", "3", "--no-beat", "--pg-timeout-s", "3"),
+        env=clean_env(),
+    )
+    assert result.code == 0, result
+    assert sorted(p.name for p in out.glob("done-*")) == ["done-0-1", "done-1-1", "done-2-1"]
+    [detected] = _named(events, ev.HANG_DETECTED)
+    assert detected.fields["source"] == "symptom"
+    dumped = {d.fields["rank"] for d in _named(events, ev.HANG_STACK_DUMPED) if d.fields["ok"]}
+    assert 1 in dumped  # the stuck rank was still running: its stack is the evidence
+    [blamed] = _named(events, ev.HANG_ATTRIBUTED)
+    assert blamed.fields["culprits"] == [1] and blamed.fields["by"] == "stack", blamed.fields
+    [failed] = _named(events, ev.GROUP_FAILED)
+    assert failed.fields["root_cause"]["rank"] == 1
+    assert failed.fields["root_cause"]["kind"] == "hang"
+    [restart] = _named(events, ev.GROUP_RESTART)
+    assert restart.fields["reason"] == "hang"

@@ -1,7 +1,7 @@
 """A gloo job that beats once per step; one rank hangs on the first attempt.
 
     hanger.py OUT --steps N --hang-rank R --hang-step K [--how sleep|timer] [--always]
-              [--compute-s S [--slow-rank R]]
+              [--compute-s S [--slow-rank R]] [--no-beat] [--pg-timeout-s T]
 
 At step K of attempt 0 (every attempt with --always) rank R stops in `chaos_hang`:
     sleep   time.sleep in a named function (the GIL released; its peers block in all_reduce)
@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from launcher import progress
+from launcher.failures.record import record
 
 
 def chaos_hang(how: str) -> None:
@@ -31,6 +32,7 @@ def chaos_hang(how: str) -> None:
     time.sleep(3600)
 
 
+@record
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -42,10 +44,12 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.05)
     parser.add_argument("--compute-s", type=float, default=0.0, help="timed section per step")
     parser.add_argument("--slow-rank", type=int, default=-1, help="its section takes 3x")
+    parser.add_argument("--no-beat", action="store_true", help="a torchrun script: no progress")
+    parser.add_argument("--pg-timeout-s", type=float, default=600.0)
     args = parser.parse_args()
     rank = int(os.environ["RANK"])
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.pg_timeout_s))
     hang_now = rank == args.hang_rank and (restart == 0 or args.always)
     for step in range(1, args.steps + 1):
         if hang_now and step == args.hang_step:
@@ -60,7 +64,8 @@ def main() -> None:
             with progress.section("compute"):
                 time.sleep(args.compute_s * (3 if rank == args.slow_rank else 1))
         dist.all_reduce(torch.ones(4))
-        progress.beat(step=step)
+        if not args.no_beat:
+            progress.beat(step=step)
         time.sleep(args.step_s)
     with progress.phase("teardown"):  # no deadline: the last beat is not a hang's start
         dist.barrier()
