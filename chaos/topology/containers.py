@@ -315,14 +315,11 @@ class DockerTopology(LocalTopology):
                     self._learn(pid, index, trusted=True)
 
     def _not_job(self, pid: int) -> bool:
-        """docker-init, the node's shell and the shell's `sleep`s have the container's
-        environment, marker included, but are not the job's."""
-        for ctr in self._ctrs.values():
-            if pid in (ctr.init.pid, ctr.shell.pid):
-                return True
-            if procs.parent(pid) == ctr.shell.pid and pid != ctr.agent.pid:
-                return True
-        return False
+        """docker-init, the node shell and its `sleep`s carry the marker but are not the job."""
+        shells = {ctr.shell.pid: ctr.agent.pid for ctr in self._ctrs.values()}
+        inits = {ctr.init.pid for ctr in self._ctrs.values()}
+        parent = procs.parent(pid)
+        return pid in inits or pid in shells or (parent in shells and pid != shells[parent])
 
     def node_pids(self, index: int) -> list[int]:
         self.refresh()
