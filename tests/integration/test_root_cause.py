@@ -140,10 +140,12 @@ def test_a_crashed_node_is_the_cause_not_the_survivors_symptom(
     c.stop_workers()
     assert c.agents[survivor].wait(timeout=60) == 0, c.report()
 
-    # Its worker failed on the broken connection first: a symptom, marked as such.
-    [failed] = c.events(ev.GROUP_FAILED, survivor)
-    root = failed.fields["root_cause"]
-    assert root["kind"] == "symptom" and PEER_GONE.search(root["message"] or ""), c.report()
+    # Its worker failed on the broken connection first: a symptom. It waits (up to the
+    # agent's SYMPTOM_GRACE_S) for the cause; when the watcher declares the node lost first,
+    # the symptom is never reported, else it is, marked as a symptom.
+    for failed in c.events(ev.GROUP_FAILED, survivor):
+        root = failed.fields["root_cause"]
+        assert root["kind"] == "symptom" and PEER_GONE.search(root["message"] or ""), c.report()
     # The rendezvous names the cause: the lost node, not charged to the budget.
     [restart] = c.events(ev.GROUP_RESTART, survivor)
     assert restart.fields["reason"] == "node_lost", c.report()
