@@ -29,6 +29,11 @@ class Std(IntFlag):
     ALL = 3
 
 
+# --containment (launcher.workers.containment) and --hang-dump (launcher.progress.dumps).
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
+DUMP_METHODS = ("auto", "py-spy", "faulthandler")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StdSpec:
     """Which streams of which local rank go to files: `-r 3` or `-r 0:1,1:2`."""

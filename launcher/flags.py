@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from launcher.config import CONTAINMENT_MODES, DUMP_METHODS
+
 EXTENSION = "[launcher extension] "
 
 
@@ -203,7 +205,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     ext.add_argument(
         *_flag_names("--containment"),
         dest="containment",
-        choices=["auto", "cgroup", "subreaper"],
+        choices=list(CONTAINMENT_MODES),
         default=env.get("PET_CONTAINMENT", "auto"),
         help=EXTENSION + "How every process the workers start is kept within reach, even one "
         "that detaches (setsid, double fork): a cgroup v2 per worker group (needs root or a "
@@ -223,7 +225,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     ext.add_argument(
         *_flag_names("--hang-dump"),
         dest="hang_dump",
-        choices=["auto", "py-spy", "faulthandler"],
+        choices=list(DUMP_METHODS),
         default=env.get("PET_HANG_DUMP", "auto"),
         help=EXTENSION + "How stacks are taken on a hang: py-spy (pip install "
         "launcher[debug]; the process keeps running) or faulthandler (SIGABRT: the worker "

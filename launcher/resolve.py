@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from launcher.config import (
+    CONTAINMENT_MODES,
     DEFAULT_C10D_PORT,
     DEFAULT_ETCD_PORT,
     DEFAULT_MASTER_PORT,
+    DUMP_METHODS,
     KNOWN_BACKENDS,
     Entrypoint,
     LaunchConfig,
@@ -303,10 +305,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         virtual_local_rank=bool(args.virtual_local_rank),
         event_log=event_log,
         event_log_console=args.event_log_handler == "console",
-        containment=_choice(
-            str(args.containment), ("auto", "cgroup", "subreaper"), "--containment"
-        ),
+        containment=_choice(str(args.containment), CONTAINMENT_MODES, "--containment"),
         hang_timeout_s=_seconds(str(args.hang_timeout), "--hang-timeout", "or 0 to turn it off"),
         straggler_window_s=_seconds(str(args.straggler_window), "--straggler-window", "", low=1),
-        hang_dump=_choice(str(args.hang_dump), ("auto", "py-spy", "faulthandler"), "--hang-dump"),
+        hang_dump=_choice(str(args.hang_dump), DUMP_METHODS, "--hang-dump"),
     )

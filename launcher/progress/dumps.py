@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 AUTO, PY_SPY, FAULTHANDLER = "auto", "py-spy", "faulthandler"
-METHODS = (AUTO, PY_SPY, FAULTHANDLER)
 _FRAMES_SHOWN = 8
 
 

@@ -28,6 +28,7 @@ from launcher.progress.detector import Blame, RankEvidence, blame, evidence
 from launcher.progress.dumps import DumpTarget, StackDump, dump_all, key_frames
 from launcher.progress.reader import RankProgress
 from launcher.progress.watch import Incident
+from launcher.workers.descendants import state
 
 log = logging.getLogger("launcher.agent")
 
@@ -74,7 +75,7 @@ def respond(
     out.mkdir(parents=True, exist_ok=True)
     detected_at = time.monotonic()
     events.emit(ev.HANG_DETECTED, **incident.fields(), round=round_no, incident_dir=str(out))
-    states = {t.rank: _state(t.pid) for t in targets}  # before the dumps signal anyone
+    states = {t.rank: state(t.pid) for t in targets}  # before the dumps signal anyone
     dumps = tuple(dump_all(list(targets), out, method=method, fr_pipe_prefix=fr_pipe_prefix))
     for dump in dumps:
         events.emit(
@@ -237,11 +238,3 @@ def _evidence_fields(e: RankEvidence) -> dict[str, object]:
         "seconds_since_progress": None if age is None else round(age, 3),
         "state": e.state,
     }
-
-
-def _state(pid: int) -> str | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()[0]

@@ -29,7 +29,6 @@ from launcher.workers.guardian import Guardian
 log = logging.getLogger(__name__)
 
 AUTO, CGROUP, SUBREAPER = "auto", "cgroup", "subreaper"
-MODES = (AUTO, CGROUP, SUBREAPER)
 
 
 class ContainmentError(LauncherError):

@@ -43,7 +43,8 @@ def with_token(env_value: str | None, token: str) -> str:
     return token if not env_value else f"{env_value},{token}"
 
 
-def _state(pid: int) -> str | None:
+def state(pid: int) -> str | None:
+    """The /proc state letter of `pid` (R, S, D, T, Z...), None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -76,10 +77,10 @@ def tree(roots: Iterable[int]) -> list[int]:
         if pid in seen:
             continue
         seen.add(pid)
-        state = _state(pid)
-        if state is None:
+        letter = state(pid)
+        if letter is None:
             continue
-        if state not in ("Z", "X"):
+        if letter not in ("Z", "X"):
             order.append(pid)
         queue.extend(children(pid))
     return order
@@ -110,7 +111,7 @@ def sweep_token(token: str, timeout_s: float = 1.0) -> int:
     killed: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pids = [p for p in token_pids(token) if _state(p) not in (None, "Z", "X")]
+        pids = [p for p in token_pids(token) if state(p) not in (None, "Z", "X")]
         if not pids:
             break
         for pid in pids:
@@ -124,7 +125,7 @@ def sweep_token(token: str, timeout_s: float = 1.0) -> int:
 
 
 def _alive_of(pids: list[int]) -> Callable[[], list[int]]:
-    return lambda: [p for p in pids if _state(p) not in (None, "Z", "X")]
+    return lambda: [p for p in pids if state(p) not in (None, "Z", "X")]
 
 
 def send(pids: Iterable[int], sig: int) -> list[int]:
