@@ -76,6 +76,13 @@ def launcher_root_cause(history: History) -> tuple[int, Mapping[str, Any], str] 
         ]
         where = "group.failed"
     if not named:
+        # No failure reported at all: survivors whose workers only saw the broken
+        # connection wait for the cause, and a lost node's round comes first.
+        for _, e in facts.events_named(history, ev.GROUP_RESTART):
+            if e.fields.get("reason") == NODE_LOST_KIND:
+                gone = str(e.fields.get("detail") or "")
+                made_up = {"kind": NODE_LOST_KIND, "detail": gone}
+                return _lost_node(history, gone), made_up, "group.restart node_lost"
         return None
     node, failure = _best(named)
     if _blame(failure) > 0:

@@ -95,6 +95,21 @@ def test_symptoms_then_node_lost_blame_the_lost_node() -> None:
     assert "node_lost" in where
 
 
+def test_a_survivor_that_never_reported_its_symptom_blames_the_lost_node() -> None:
+    """The survivor's symptom waited for its cause and the node loss came first: no
+    group.failed anywhere, only the node_lost round."""
+    node, f, where = blamed(
+        history(
+            event(1, ev.AGENT_STARTED, 1),
+            event(0, ev.RDZV_CHANGED, 101, reason="node_lost"),
+            event(0, ev.RDZV_ROUND_COMPLETE, 102, round=1, reason="node_lost"),
+            event(0, ev.GROUP_RESTART, 102, reason="node_lost", detail=f"{NODES[1]}-4242-a1b2c3"),
+        )
+    )
+    assert node == 1 and f["kind"] == "node_lost" and where == "group.restart node_lost"
+    assert launcher_root_cause(history(event(0, ev.AGENT_STARTED, 1))) is None
+
+
 def test_symptoms_then_a_worker_failure_round_keep_the_symptom() -> None:
     symptom = failure(0, "symptom", 100.0)
     _, f, _ = blamed(
