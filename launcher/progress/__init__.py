@@ -22,6 +22,7 @@ Layering (the agent imports the lower layers; nothing here imports the agent):
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import mmap
 import os
@@ -246,7 +247,20 @@ def _open() -> _Channel | None:
         _channel = _Channel(path)
     except _BROKEN as exc:
         _disable(exc)
+    else:
+        atexit.register(_exiting)
     return _channel
+
+
+def _exiting() -> None:
+    """Interpreter shutdown is no hang: tearing gloo or NCCL down after the last beat can
+    take seconds on a loaded machine. A phase without a deadline, never closed."""
+    channel = _channel
+    if channel is not None:
+        try:
+            channel.enter_phase(b"exit", NO_TIMEOUT)
+        except _BROKEN as exc:
+            _disable(exc)
 
 
 def _owned_by_parent(path: str) -> bool:

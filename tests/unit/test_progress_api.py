@@ -124,6 +124,14 @@ def test_phase_without_a_usable_timeout_has_none(progress_file: Path, timeout: o
     assert phase is not None and phase.timeout_s is None
 
 
+def test_interpreter_exit_opens_a_phase_without_deadline(progress_file: Path) -> None:
+    """After the last beat, tearing gloo down at exit can take seconds: not a hang."""
+    progress.beat(step=30)
+    progress._exiting()  # what atexit runs
+    phase = read(progress_file).phase
+    assert phase is not None and phase.name == "exit" and phase.timeout_s is None
+
+
 def test_long_names_are_truncated_not_rejected(progress_file: Path) -> None:
     with progress.phase("a-very-long-phase-name-that-does-not-fit", timeout=5):
         phase = read(progress_file).phase
