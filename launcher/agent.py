@@ -288,7 +288,7 @@ class Agent:
         specs = [self._spec(rnd, ctx, base, attempt, lr) for lr in range(cfg.nproc_per_node)]
         self.watch.clear_files()
         self.group.start(specs)
-        self.watch.begin(self.group.workers, time.monotonic())
+        self.watch.begin(self.group.workers, time.monotonic(), rnd, self._rendezvous)
         announce.workers_started(self.events, rnd, self.group.workers, attempt.dir)
 
     def _spec(

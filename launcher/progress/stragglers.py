@@ -17,6 +17,7 @@ and breaks its streak, so a rank that barely ran is never called slow on thin ev
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ __all__ = [
     "StragglerPolicy",
     "StragglerTracker",
     "WindowReport",
+    "decode_medians",
+    "encode_medians",
 ]
 
 
@@ -59,6 +62,30 @@ class RankMedian:
     section: str
     median_s: float
     samples: int
+
+
+def encode_medians(medians: Sequence[RankMedian]) -> str:
+    """One node's window, as it travels through the rendezvous store to the scorer."""
+    rows = [[m.rank, m.node, m.section, m.median_s, m.samples] for m in medians]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def decode_medians(payload: str) -> list[RankMedian]:
+    """The inverse of `encode_medians`; a malformed payload (another version, a stray
+    write) gives nothing rather than an error in the agent's loop."""
+    try:
+        return [
+            RankMedian(
+                rank=int(rank),
+                node=None if node is None else str(node),
+                section=str(section),
+                median_s=float(median_s),
+                samples=int(samples),
+            )
+            for rank, node, section, median_s, samples in json.loads(payload)
+        ]
+    except (ValueError, TypeError):
+        return []
 
 
 class SectionSampler:

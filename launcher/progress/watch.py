@@ -7,6 +7,12 @@
                                rank's file, emits armed/stalled events, straggler reports, and
                                returns an `Incident` when a rank hangs or a torch timer expires
 
+Stragglers are scored job-wide: at the end of each window every node publishes its ranks'
+medians through the rendezvous store (`WindowExchange`), and group rank 0 alone scores all
+of them and reports. It waits for every node's medians of that window, or half a window at
+most (nodes start their windows up to a rendezvous apart; a node that never publishes is
+left out of that window, not waited for).
+
 Polling files (not a socket or FIFO) keeps the worker side lock-free: a beat is a store
 into an mmap, and a dead or slow agent can never block or break training.
 """
@@ -37,7 +43,14 @@ from launcher.progress.file_timer import (
     default_timer_file_path,
 )
 from launcher.progress.reader import RankProgress, read_progress
-from launcher.progress.stragglers import SectionSampler, StragglerPolicy, StragglerTracker
+from launcher.progress.stragglers import (
+    RankMedian,
+    SectionSampler,
+    StragglerPolicy,
+    StragglerTracker,
+    decode_medians,
+    encode_medians,
+)
 
 
 class Watched(Protocol):
@@ -49,6 +62,22 @@ class Watched(Protocol):
     def local_rank(self) -> int: ...
     @property
     def global_rank(self) -> int: ...
+
+
+class Membership(Protocol):
+    """This node's place in the round (launcher.rendezvous.RoundInfo fits)."""
+
+    @property
+    def group_rank(self) -> int: ...
+    @property
+    def group_world_size(self) -> int: ...
+
+
+class WindowExchange(Protocol):
+    """The rendezvous store, as the straggler windows use it (the Rendezvous fits)."""
+
+    def publish_window(self, window: int, payload: str) -> None: ...
+    def collect_window(self, window: int) -> list[str]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +151,11 @@ class ProgressWatch:
         self._sampler = SectionSampler(node=node)
         self._tracker = StragglerTracker(self._stragglers)
         self._window_end: float | None = None
+        self._window_no = 0
+        self._pending: tuple[int, float] | None = None  # (window, score it by then at most)
+        self._exchange: WindowExchange | None = None
+        self._nodes = 1
+        self._scorer = True
         self._workers: list[Watched] = []
         self.timer: FileTimerServer | None = None
         if agent_env.get(ENABLE_FILE_TIMER_ENV) == "1":
@@ -140,13 +174,24 @@ class ProgressWatch:
             env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT then prints every thread's stack
         return env
 
-    def begin(self, workers: Sequence[Watched], now: float) -> None:
+    def begin(
+        self,
+        workers: Sequence[Watched],
+        now: float,
+        membership: Membership | None = None,
+        exchange: WindowExchange | None = None,
+    ) -> None:
         """A new group: its workers write fresh files (the last group's are removed first:
-        a snapshot from a dead worker would arm, and hang, its successor)."""
+        a snapshot from a dead worker would arm, and hang, its successor). With several
+        nodes, `exchange` carries the straggler windows to group rank 0."""
         self._workers = list(workers)
         self._detector = HangDetector(self.policy)
         self._sampler = SectionSampler(node=self._node)
         self._window_end = now + self._stragglers.window_s
+        self._window_no, self._pending = 0, None
+        self._nodes = membership.group_world_size if membership is not None else 1
+        self._scorer = membership is None or membership.group_rank == 0
+        self._exchange = exchange if self._nodes > 1 else None
 
     def clear_files(self) -> None:
         for path in self.dir.glob("rank-*") if self.dir.is_dir() else ():
@@ -177,8 +222,30 @@ class ProgressWatch:
                 break
         if self._window_end is not None and now >= self._window_end:
             self._window_end = now + self._stragglers.window_s
-            self._report_window()
+            self._close_window(now)
+        if self._pending is not None:
+            self._score_pending(now)
         return incident
+
+    def _close_window(self, now: float) -> None:
+        medians = self._sampler.close_window()
+        self._window_no += 1
+        if self._exchange is None:
+            self._report_window(medians, nodes=1)
+            return
+        self._exchange.publish_window(self._window_no, encode_medians(medians))
+        if self._scorer:
+            self._pending = (self._window_no, now + self._stragglers.window_s / 2)
+
+    def _score_pending(self, now: float) -> None:
+        assert self._pending is not None and self._exchange is not None
+        window, deadline = self._pending
+        payloads = self._exchange.collect_window(window)
+        if len(payloads) < self._nodes and now < deadline:
+            return  # a node whose window closes a little later than ours: give it time
+        self._pending = None
+        medians = [m for payload in payloads for m in decode_medians(payload)]
+        self._report_window(medians, nodes=len(payloads))
 
     def _note(self, found: object, worker: Watched) -> Incident | None:
         common = {"rank": worker.global_rank, "local_rank": worker.local_rank}
@@ -206,8 +273,8 @@ class ProgressWatch:
             )
         return None
 
-    def _report_window(self) -> None:
-        report = self._tracker.add_window(self._sampler.close_window())
+    def _report_window(self, medians: Sequence[RankMedian], *, nodes: int) -> None:
+        report = self._tracker.add_window(medians)
         for slow in report.stragglers:
             self._events.emit(
                 ev.STRAGGLER_DETECTED,
@@ -223,6 +290,7 @@ class ProgressWatch:
             self._events.emit(
                 ev.STRAGGLER_STATS,
                 window=report.window,
+                nodes=nodes,
                 sections=[
                     {
                         "section": s.section,

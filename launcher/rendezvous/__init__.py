@@ -62,6 +62,14 @@ class Rendezvous(Protocol):
         how many had."""
         ...
 
+    def publish_window(self, window: int, payload: str) -> None:
+        """Best effort: this node's straggler medians for its `window`-th window."""
+        ...
+
+    def collect_window(self, window: int) -> list[str]:
+        """Every member's published medians for `window` (read by group rank 0 only)."""
+        ...
+
     def finish(self, *, succeeded: bool = True) -> None:
         """The end of this node's part: its workers all succeeded, or the job failed (the
         restart budget is spent). Waits, bounded, so peers can finish with the store."""

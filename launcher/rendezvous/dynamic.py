@@ -39,6 +39,7 @@ from launcher.rendezvous.state import (
     RendezvousTimeout,
     WatchState,
     check_round,
+    collect_window,
     conclude,
     declared_dead,
     dumped_count,
@@ -47,6 +48,7 @@ from launcher.rendezvous.state import (
     join,
     leave,
     mark_dumped,
+    publish_window,
     report_failure,
     retire,
 )
@@ -270,6 +272,24 @@ class DynamicRendezvous:
                 self._driver.sleep(0.1)  # a counter in the store: nothing to block on
         except (RendezvousConnectionError, Interrupted):
             return count
+
+    def publish_window(self, window: int, payload: str) -> None:
+        a = self.assignment
+        if a is None:
+            return
+        # One attempt, never retried: a report is worth less than an agent loop that waits
+        # out a store outage here instead of watching its workers.
+        with contextlib.suppress(RendezvousConnectionError, Interrupted):
+            self._driver.run(publish_window(self.params, a, window=window, payload=payload))
+
+    def collect_window(self, window: int) -> list[str]:
+        a = self.assignment
+        if a is None:
+            return []
+        try:
+            return self._driver.run(collect_window(self.params, a, window=window))
+        except (RendezvousConnectionError, Interrupted):
+            return []
 
     def finish(self, *, succeeded: bool = True) -> None:
         a = self.assignment

@@ -112,6 +112,12 @@ class LocalRendezvous:
     def await_dumps(self, timeout_s: float) -> int:
         return 1  # one node: this one
 
+    def publish_window(self, window: int, payload: str) -> None:
+        return None  # one node scores its own windows: nothing to exchange
+
+    def collect_window(self, window: int) -> list[str]:
+        return []
+
     def finish(self, *, succeeded: bool = True) -> None:
         return None
 

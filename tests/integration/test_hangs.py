@@ -13,6 +13,7 @@ import pytest
 from launcher import events as ev
 from launcher.progress.dumps import py_spy_binary
 from tests.conftest import WORKLOADS, Procs, Result, clean_env
+from tests.integration.test_multinode import ADDRS, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -198,6 +199,33 @@ def test_a_slow_rank_is_reported_as_a_straggler_and_nothing_else_is(
     assert first["score"] < 0.75 and first["median_s"] > first["fastest_s"]
     stats = _named(events, ev.STRAGGLER_STATS)
     assert stats and stats[-1].fields["sections"][0]["slowest"][0][0] == 2
+
+
+@pytest.mark.timeout(180)
+def test_stragglers_are_scored_across_nodes_by_group_rank_0(procs: Procs, tmp_path: Path) -> None:
+    """One rank per node: no node has a peer to compare with, so only a job-wide score can
+    see rank 1 (the other node's only rank) as slow. Group rank 0 alone reports it, naming
+    the node it ran on, from both nodes' windows."""
+    c = Cluster(
+        procs,
+        tmp_path,
+        nnodes="2",
+        script=Path(HANGER),
+        script_args=("--steps", "90", "--step-s", "0.0", "--compute-s", "0.02", "--slow-rank", "1"),
+        flags=("--straggler-window", "1"),
+    )
+    agents = [c.start(addr) for addr in ADDRS[:2]]
+    assert [a.wait(timeout=120) for a in agents] == [0, 0]
+    [first, second] = c.events(ev.RDZV_ROUND_COMPLETE)[:2]
+    scorer = first if first.fields["group_rank"] == 0 else second
+    other = second if scorer is first else first
+    slow = c.events(ev.STRAGGLER_DETECTED)
+    assert slow and {(e.node_id, e.fields["rank"]) for e in slow} == {(scorer.node_id, 1)}
+    assert {e.fields["node"] for e in slow} == {other.node_id}  # rank 1 ran there
+    stats = c.events(ev.STRAGGLER_STATS)
+    assert {e.node_id for e in stats} == {scorer.node_id}
+    assert max(e.fields["nodes"] for e in stats) == 2
+    assert stats[-1].fields["sections"][0]["ranks"] == 2
 
 
 def test_equal_ranks_raise_no_straggler(procs: Procs, tmp_path: Path) -> None:

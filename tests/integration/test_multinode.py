@@ -89,6 +89,8 @@ class Cluster:
         max_restarts: int = 0,
         rdzv_conf: str = "last_call_timeout=1",
         script: Path = MESH,
+        script_args: tuple[str, ...] = (),
+        flags: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         self.procs = procs
@@ -100,7 +102,7 @@ class Cluster:
         self.run_id = unique_run_id(tmp_path.name[:24])
         self.nnodes, self.nproc, self.max_restarts = nnodes, nproc, max_restarts
         self.rdzv_conf = rdzv_conf
-        self.script = script
+        self.script, self.script_args, self.flags = script, script_args, flags
         self.env = clean_env(STEP_S="0.1", **env)
         self.agents: dict[str, subprocess.Popen[str]] = {}
 
@@ -130,8 +132,10 @@ class Cluster:
             str(self.dir / f"logs-{addr}"),
             "--event-log",
             str(self.event_log),
+            *self.flags,
             str(self.script),
             str(self.out),
+            *self.script_args,
         ]
         with (
             (self.dir / f"agent-{addr}.out").open("w") as out,

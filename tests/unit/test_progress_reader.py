@@ -109,4 +109,3 @@ def test_read_progress_reads_a_real_file(tmp_path: Path) -> None:
     path.write_bytes(image() + b"\0" * 100)  # longer is fine: a later version may append
     snap = read_progress(path)
     assert snap is not None and snap.step == 12
-

@@ -12,7 +12,12 @@ from launcher.progress.stragglers import (
     StragglerPolicy,
     StragglerTracker,
     WindowReport,
+    decode_medians,
+    encode_medians,
 )
+from launcher.rendezvous.driver import Driver
+from launcher.rendezvous.state import Assignment, Params, collect_window, publish_window
+from launcher.rendezvous.store import MemoryStore
 
 POLICY = StragglerPolicy()
 
@@ -163,3 +168,44 @@ def test_the_sampler_does_not_mix_a_restarted_workers_counters() -> None:
 def test_bad_policies_are_config_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         StragglerPolicy(**kwargs)
+
+
+def test_medians_survive_the_trip_through_the_store() -> None:
+    medians = [
+        RankMedian(rank=3, node="n1", section="compute", median_s=0.25, samples=7),
+        RankMedian(rank=4, node=None, section="data", median_s=1e-6, samples=3),
+    ]
+    assert decode_medians(encode_medians(medians)) == medians
+    assert decode_medians(encode_medians([])) == []
+
+
+@pytest.mark.parametrize("payload", ["", "{", "7", '{"a": 1}', "[[1, 2]]", '[["x",0,"s",1,1]]'])
+def test_a_malformed_window_is_ignored_not_raised(payload: str) -> None:
+    assert decode_medians(payload) == []
+
+
+def test_windows_published_by_every_member_are_collected_by_one_read() -> None:
+    store = MemoryStore()
+    params = Params(run_id="job", min_nodes=3, max_nodes=3, max_restarts=0)
+    members = [_assignment(rank) for rank in range(3)]
+    for a in members[:2]:  # the third closes its window later
+        Driver(store).run(publish_window(params, a, window=1, payload=f"[{a.group_rank}]"))
+    before = store.ops
+    assert Driver(store).run(collect_window(params, members[0], window=1)) == ["[0]", "[1]"]
+    assert store.ops == before + 1
+    assert Driver(store).run(collect_window(params, members[0], window=2)) == []
+
+
+def _assignment(group_rank: int) -> Assignment:
+    return Assignment(
+        round=4,
+        group_rank=group_rank,
+        group_world_size=3,
+        base_rank=group_rank,
+        world_size=3,
+        master_addr="127.0.0.1",
+        master_port=1,
+        restart_count=0,
+        reason="initial",
+        charged=False,
+    )

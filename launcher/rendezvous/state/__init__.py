@@ -34,6 +34,7 @@ from launcher.rendezvous.state.protocol import join
 from launcher.rendezvous.state.running import (
     WatchState,
     check_round,
+    collect_window,
     conclude,
     declared_dead,
     dumped_count,
@@ -43,6 +44,7 @@ from launcher.rendezvous.state.running import (
     leave,
     mark_dumped,
     mark_failed,
+    publish_window,
     report_failure,
     retire,
 )
@@ -74,6 +76,7 @@ __all__ = [
     "backoff_s",
     "bump",
     "check_round",
+    "collect_window",
     "conclude",
     "declared_dead",
     "dumped_count",
@@ -85,6 +88,7 @@ __all__ = [
     "leave",
     "mark_dumped",
     "mark_failed",
+    "publish_window",
     "report_failure",
     "retire",
     "round_of",

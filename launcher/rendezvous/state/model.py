@@ -23,6 +23,9 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
                         or EXCLUDED: this slot's node was declared dead before the close
     r<r>/succeeded      counter: members whose workers all exited 0
     r<r>/alive          counter: bumped by every member's heartbeat (spares watch it)
+    r<r>/dumped         counter: members that took their ranks' stacks after a hang
+    r<r>/win/<w>/<g>    group rank g's straggler medians for its w-th window (JSON list);
+                        only group rank 0 reads them, to score stragglers job-wide
     last                the last completed round {round, size, restart_count, members}
                         (members: node ids, listed for rounds of up to 64 nodes)
     hb/<node>           heartbeat counter of one agent incarnation

@@ -21,6 +21,7 @@ from launcher.rendezvous.state.model import (
     Feedback,
     Get,
     Keys,
+    MultiGet,
     Op,
     Params,
     Set,
@@ -67,6 +68,22 @@ def dumped_count(p: Params, a: Assignment) -> Generator[Op, Feedback, int]:
     detected the hang waits for all of them before stopping anything)."""
     value, _ = yield Add(Keys(p.run_id).r(a.round, "dumped"), 0)
     return int(value)
+
+
+def publish_window(
+    p: Params, a: Assignment, *, window: int, payload: str
+) -> Generator[Op, Feedback, None]:
+    """This member's straggler medians for its `window`-th window of round `a.round`."""
+    yield Set(Keys(p.run_id).r(a.round, f"win/{window}/{a.group_rank}"), payload)
+
+
+def collect_window(p: Params, a: Assignment, *, window: int) -> Generator[Op, Feedback, list[str]]:
+    """Every member's medians for `window` published so far (the scorer, group rank 0,
+    reads them: one O(N) read per window, by one node)."""
+    k = Keys(p.run_id)
+    keys = tuple(k.r(a.round, f"win/{window}/{slot}") for slot in range(a.group_world_size))
+    values, _ = yield MultiGet(keys)
+    return [value for value in values if value is not None]
 
 
 def leave(p: Params, a: Assignment | None, *, me: str) -> Generator[Op, Feedback, None]:
