@@ -275,16 +275,16 @@ class DynamicRendezvous:
 
     def publish_window(self, window: int, payload: str) -> None:
         a = self.assignment
-        if a is None:
+        if a is None or self._driver.now() < self._retry_at:
             return
-        # One attempt, never retried: a report is worth less than an agent loop that waits
-        # out a store outage here instead of watching its workers.
+        # One attempt, never retried, none while `check` backs off from a failing store:
+        # a report is worth less than an agent loop that watches its workers.
         with contextlib.suppress(RendezvousConnectionError, Interrupted):
             self._driver.run(publish_window(self.params, a, window=window, payload=payload))
 
     def collect_window(self, window: int) -> list[str]:
         a = self.assignment
-        if a is None:
+        if a is None or self._driver.now() < self._retry_at:
             return []
         try:
             return self._driver.run(collect_window(self.params, a, window=window))
