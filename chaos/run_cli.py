@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
     parser.add_argument(
         "--launcher",
-        choices=["launcher", "torchrun"],
+        choices=["launcher", "torchrun", "ft_launcher"],
         default=None,
         help="the launcher under test (default: the scenario's)",
     )

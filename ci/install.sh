@@ -41,3 +41,6 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
   }
 fi
+
+# ft_launcher, judged beside torchrun by the catalog (tests skip it when it is missing).
+bash ci/install_ft_launcher.sh

@@ -36,8 +36,8 @@ def events_named(history: History, *names: str) -> list[tuple[int, ev.Event]]:
 
 def no_event_log_reason(history: History, scenario: Scenario) -> str | None:
     """Why there is no launcher event log to judge, or None when there is one."""
-    if scenario.launcher == "torchrun":
-        return "launcher is torchrun, which writes no event log"
+    if scenario.launcher != "launcher":
+        return f"launcher is {scenario.launcher}, which writes no event log"
     if not any(history.events.values()):
         return "no event log found (nodes/<i>/events.jsonl)"
     return None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 TOPOLOGY_BACKENDS = ("local", "netns", "docker")
 RDZV_BACKENDS = ("c10d", "etcd")
-LAUNCHERS = ("launcher", "torchrun")
+LAUNCHERS = ("launcher", "torchrun", "ft_launcher")
 
 # Fault kinds and the target each one takes.
 FAULT_KINDS = (

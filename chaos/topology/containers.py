@@ -31,6 +31,7 @@ import contextlib
 import os
 import random
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,8 @@ class DockerTopology(LocalTopology):
         (self.run_dir / "workload" / "control").mkdir(parents=True, exist_ok=True)
         self.view.watch_node(index)
         argv = self.agent_argv(index)
-        argv[0] = self._image.python
+        if argv[0] == sys.executable:  # ft_launcher's own venv script keeps its path
+            argv[0] = self._image.python
         command = node_shell.command(argv)
         api, name = self.client.api, f"{self.prefix}-n{index}"
         host_config = api.create_host_config(

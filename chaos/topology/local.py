@@ -22,14 +22,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.scenario.schema import FAULT_KINDS, Scenario
-from chaos.topology import procs
+from chaos.topology import launchers, procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.etcd import EtcdCluster
 from chaos.topology.etcd_members import Placement, ProcessPlacement, die_with_parent
@@ -118,14 +117,13 @@ class LocalTopology:
 
     def __init__(self, scenario: Scenario, *, run_dir: Path, launcher: str, view: JobView) -> None:
         topo = scenario.topology
-        if launcher not in ("launcher", "torchrun"):
-            raise TopologyError(f"unknown launcher {launcher!r} (launcher or torchrun)")
         if topo.rdzv_backend not in ("c10d", "etcd"):
             raise TopologyError(f"unknown rendezvous backend {topo.rdzv_backend!r}")
         # torch's etcd backends speak only the v2 API, through the python-etcd client.
         torch_etcd = launcher == "torchrun" and topo.rdzv_backend == "etcd"
         if torch_etcd and importlib.util.find_spec("etcd") is None:
             raise TopologyError("torchrun's etcd rendezvous needs python-etcd (pip install)")
+        launchers.check_supported(launcher, topo.rdzv_backend)
         self.scenario = scenario
         self.run_dir = run_dir
         self.launcher = launcher
@@ -175,18 +173,17 @@ class LocalTopology:
         low = topo.min_nodes if topo.min_nodes is not None else topo.nodes
         high = topo.max_nodes if topo.max_nodes is not None else topo.nodes + topo.spares
         rest, conf = split_rdzv_conf(topo.launcher_args)
-        if self.launcher == "torchrun":
+        if self.launcher in launchers.TORCHRUN_LIKE:
             rest = without_extensions(rest)
         backend = topo.rdzv_backend
-        if self.launcher == "torchrun" and backend == "c10d":
+        if self.launcher in launchers.TORCHRUN_LIKE and backend == "c10d":
             # torch treats every loopback endpoint as "mine": name the host explicitly so
             # node 0 hosts the store whatever the start order.
             conf.setdefault("is_host", "1" if index == 0 else "0")
         if self.launcher == "torchrun" and backend == "etcd":
             backend = "etcd-v2"
         node_dir = self.run_dir / "nodes" / str(index)
-        module = "launcher" if self.launcher == "launcher" else "torch.distributed.run"
-        argv = [sys.executable, "-m", module]
+        argv = launchers.agent_command(self.launcher)
         argv += ["--nnodes", str(low) if low == high else f"{low}:{high}"]
         argv += ["--nproc-per-node", str(topo.nproc_per_node)]
         argv += ["--rdzv-backend", backend, "--rdzv-endpoint", self._endpoint()]
