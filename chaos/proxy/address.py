@@ -66,8 +66,12 @@ def bind(text: str) -> tuple[socket.socket, str]:
     host, port = split(text)
     wildcard = host in _WILDCARDS
     ip = "::" if wildcard and socket.has_ipv6 else "0.0.0.0" if wildcard else _ip(host)
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+    except OSError:  # IPv6 compiled in but off (a bare network namespace): IPv4 wildcard
+        ip = "0.0.0.0"
+        sock = socket.socket(socket.AF_INET)
+    family = sock.family
     try:
         # Go sets SO_REUSEADDR on listeners: re-enabling binds again past TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

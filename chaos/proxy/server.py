@@ -76,6 +76,7 @@ class ProxyServer:
             self._server = None
         async with self.collection.lock:
             self.collection.close()
+        await asyncio.sleep(0)  # let the closed transports run connection_lost
 
 
 @dataclass(frozen=True, kw_only=True)

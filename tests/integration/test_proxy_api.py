@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from toxiproxy import Toxiproxy
 from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
 from chaos.proxy.server import ServerHandle
+from tests.conftest import clean_env
 from tests.proxy_peers import EchoServer, connect, round_trip_s
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
@@ -180,3 +183,13 @@ def test_keep_alive_serves_many_requests_on_one_connection(proxy_server: ServerH
         assert (reply.status, reply.read()) == (204, b"")
     finally:
         conn.close()
+
+
+def test_cli_refuses_a_port_in_use_in_one_line(proxy_server: ServerHandle) -> None:
+    argv = [sys.executable, "-m", "chaos", "proxy", "serve", "--port", str(proxy_server.port)]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, check=False, env=clean_env()
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert "address already in use" in line and "--port" in line

@@ -152,3 +152,12 @@ def test_upstream_down_accepts_then_closes(proxy_server: ServerHandle) -> None:
     proxy = Toxiproxy().create(upstream=nothing, name="dead")
     with connect(proxy.listen) as sock:  # accepted, not refused
         wait_closed(sock)
+
+
+def test_reset_peer_added_to_an_open_connection_closes_it_plainly(proxy: Proxy) -> None:
+    """Toxiproxy sets SO_LINGER 0 only at connection start: older connections get a FIN."""
+    with connect(proxy.listen) as sock:
+        round_trip_s(sock)
+        proxy.add_toxic(type="reset_peer", stream="upstream", attributes={"timeout": 20})
+        sock.sendall(b"dropped")
+        assert wait_closed(sock) >= 0.020 - 0.001
