@@ -292,7 +292,3 @@ class Connection:
             else:
                 side.transport.close()
         self._on_close(self)
-
-    def reset(self) -> None:
-        self.rst = True
-        self.close()

@@ -25,7 +25,6 @@ class Closer(Protocol):
     """The connection a stage may end."""
 
     def close(self) -> None: ...
-    def reset(self) -> None: ...
 
 
 class Stage:

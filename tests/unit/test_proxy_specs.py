@@ -110,9 +110,6 @@ class _NoConn:
     def close(self) -> None:
         raise AssertionError("the slicer never closes")
 
-    def reset(self) -> None:
-        raise AssertionError("the slicer never resets")
-
 
 @given(
     size=st.integers(0, 5000),
