@@ -4,6 +4,7 @@
     chaos validate FILE...          check scenarios without running them
     chaos check RUN_DIR             re-judge a saved run from its files
     chaos sim --nodes N ...         the rendezvous simulator (chaos sim -h)
+    chaos proxy serve [--port 8474] a TCP proxy with Toxiproxy's HTTP API (docs/proxy.md)
 
 Each subcommand lives in its own module and is imported only when used.
 """
@@ -29,6 +30,10 @@ def _entry(name: str) -> Callable[[list[str]], int]:
         from chaos.checkers.cli_check import check_main
 
         return check_main
+    if name == "proxy":
+        from chaos.proxy.cli import main as proxy_main
+
+        return proxy_main
     from chaos.sim.cli import main as sim_main
 
     return sim_main
@@ -40,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage:\n" + USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command not in ("run", "validate", "check", "sim"):
+    if command not in ("run", "validate", "check", "sim", "proxy"):
         print(
-            f"chaos: error: unknown command {command!r} (use run, validate, check or sim)",
+            f"chaos: error: unknown command {command!r} (use run, validate, check, sim or proxy)",
             file=sys.stderr,
         )
         return 2

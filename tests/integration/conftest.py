@@ -4,7 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from chaos.proxy.server import ServerHandle, running
 from tests.etcd_cluster import EtcdCluster, EtcdServer, etcd_binary
+from tests.proxy_peers import EchoServer
 
 NO_ETCD = "etcd binary not found (apt-get install etcd-server; ci/install.sh does this)"
 
@@ -25,3 +27,24 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
         pytest.skip(NO_ETCD)
     with EtcdCluster(3) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def echo_upstream() -> Iterator[EchoServer]:
+    """An echo server on loopback: the upstream the proxy tests put a proxy in front of."""
+    with EchoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def proxy_server() -> Iterator[ServerHandle]:
+    """A chaos.proxy server on a free port, and toxiproxy-python pointed at it."""
+    from toxiproxy.api import APIConsumer
+
+    saved = (APIConsumer.host, APIConsumer.port)
+    with running(port=0, seed=7) as handle:
+        APIConsumer.host, APIConsumer.port = "127.0.0.1", handle.port
+        try:
+            yield handle
+        finally:
+            APIConsumer.host, APIConsumer.port = saved
