@@ -295,13 +295,16 @@ def _key(report: Fields) -> tuple[int, int | None, int | None]:
 def incarnations(history: History) -> list[list[Fields]]:
     """Workload reports split where the job started again, in time order.
 
-    A report opens a new incarnation when its (restart_count, resumed_from, world) differs
-    from the current one's, or when its rank goes back to an earlier step, or reports from a
-    different pid, than it did in the current incarnation (a restart from the same
-    checkpoint, or from scratch, changes nothing else)."""
+    A report opens a new incarnation when its (resumed_from, world) differs from the current
+    one's or its restart_count is higher, or when its rank goes back to an earlier step, or
+    reports from a different pid, than it did in the current incarnation (a restart from the
+    same checkpoint, or from scratch, changes nothing else). A lower restart_count alone does
+    not: ft_launcher restarts a node's workers with its own count, so after one restart the
+    two nodes of one incarnation report 0 and 1 (interleaved, that would split it per report)."""
     out: list[list[Fields]] = []
     seen: dict[Any, tuple[int, Any]] = {}  # rank -> (last step, pid) in the current one
     key: object = None
+    count = -1
     for report in sorted(history.steps, key=lambda s: float(s.get("t") or 0.0)):
         step = as_int(report.get("step"))
         if step is None:
@@ -309,9 +312,11 @@ def incarnations(history: History) -> list[list[Fields]]:
         rank, pid = report.get("rank"), report.get("pid")
         last = seen.get(rank)
         moved = last is not None and (step <= last[0] or (pid is not None and pid != last[1]))
-        if _key(report) != key or moved:
+        restart_count, *rest = _key(report)
+        if tuple(rest) != key or restart_count > count or moved:
             out.append([])
-            seen, key = {}, _key(report)
+            seen, key = {}, tuple(rest)
+        count = restart_count if not seen else max(count, restart_count)
         out[-1].append(report)
         seen[rank] = (step, pid)
     return out

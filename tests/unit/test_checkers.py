@@ -444,3 +444,14 @@ def test_a_planned_fault_that_never_fired_cannot_be_timed(kill: RunBuilder) -> N
     kill.records = [r for r in kill.records if r["kind"] != "fault.fire"]
     v = judge(kill, kill_worker_scenario(), DetectionChecker())
     assert v.status == UNKNOWN and "no fault fired" in v.summary
+
+
+def test_ranks_of_one_incarnation_may_disagree_on_the_restart_count(kill: RunBuilder) -> None:
+    """ft_launcher restarts each node's workers with that node's own count: after one
+    restart, ranks 0-1 report 1 and ranks 2-3 report 0, interleaved. One restart, not one
+    per report."""
+    for step in kill.steps:
+        if step["restart_count"] == 1 and step["rank"] >= 2:
+            step["restart_count"] = 0
+    v = judge(kill, kill_worker_scenario(), LostWorkChecker())
+    assert v.status == PASS and v.measured["lost_steps"] == [3], v
