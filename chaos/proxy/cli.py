@@ -1,6 +1,6 @@
 """`chaos proxy serve`: the Toxiproxy-compatible server in the foreground.
 
-    chaos proxy serve [--host 127.0.0.1] [--port 8474] [--config FILE] [--seed N]
+    chaos proxy serve [--host 127.0.0.1] [--port 8474] [--unix PATH] [--config FILE] [--seed N]
 
 Runs until SIGINT or SIGTERM, then closes every proxy. Exit code: 0 after a signal,
 2 bad usage (the API port in use, an unreadable or invalid --config).
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="JSON list of proxies to create at start (as /populate)"
     )
     serve.add_argument("--seed", type=int, help="seed for toxicity draws and jitter")
+    serve.add_argument(
+        "--unix", type=Path, help="serve the API on this unix socket instead of --host/--port"
+    )
     return ap
 
 
@@ -68,7 +71,7 @@ async def _serve(server: ProxyServer, config: Any) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    server = ProxyServer(host=args.host, port=args.port, seed=args.seed)
+    server = ProxyServer(host=args.host, port=args.port, seed=args.seed, unix=args.unix)
     try:
         asyncio.run(_serve(server, _config(args.config)))
     except ProxyServerError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -26,16 +27,40 @@ class ProxyApiError(RuntimeError):
         super().__init__(f"{method} {path}: {status} {message}")
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, *, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class ProxyClient:
+    """`url`: http://HOST:PORT, or unix:PATH for a server started with `--unix PATH`."""
+
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
-        parts = urlsplit(url)
+        self.unix = url[len("unix:") :] if url.startswith("unix:") else None
+        parts = urlsplit(url if self.unix is None else "http://localhost")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 8474
         self.timeout_s = timeout_s
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.unix is not None:
+            return _UnixConnection(self.unix, timeout=self.timeout_s)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request; the decoded JSON reply (None for 204). Raises ProxyApiError."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        conn = self._connection()
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if payload is not None else {}

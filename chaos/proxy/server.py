@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chaos.proxy import address
@@ -34,26 +35,45 @@ class ProxyServerError(RuntimeError):
 
 
 class ProxyServer:
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 8474, seed: int | None = None):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8474,
+        seed: int | None = None,
+        unix: Path | None = None,
+    ):
         self.host = host
         self.port = port
+        # The API on a unix socket instead: a file is reached from every network namespace,
+        # so the harness drives a proxy that runs inside a node's namespace or container.
+        self.unix = unix
         self.collection = ProxyCollection(random.Random(seed))
         self._api = Api(self.collection)
         self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix}"
         return f"http://{address.display(self.host, self.port)}"
 
     async def start(self) -> None:
         """Bind the API (port 0 picks a free one; `port` then says which)."""
+        loop = asyncio.get_running_loop()
+        if self.unix is not None:
+            try:
+                self.unix.unlink(missing_ok=True)
+                self._server = await loop.create_unix_server(self._protocol, path=str(self.unix))
+            except OSError as exc:
+                raise ProxyServerError(str(self.unix), exc.strerror or str(exc)) from exc
+            return
         endpoint = address.display(self.host, self.port)
         try:
             sock, bound = address.bind(endpoint)
         except ApiError as exc:
             raise ProxyServerError(endpoint, exc.message.rpartition(": ")[2]) from exc
         self.port = int(bound.rpartition(":")[2])
-        loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, sock=sock)
 
     def _protocol(self) -> asyncio.StreamReaderProtocol:
@@ -74,6 +94,8 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+            if self.unix is not None:
+                self.unix.unlink(missing_ok=True)
         async with self.collection.lock:
             self.collection.close()
         await asyncio.sleep(0)  # let the closed transports run connection_lost
@@ -115,11 +137,11 @@ class ServerHandle:
 
 
 def serve_in_thread(
-    host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None
+    host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None, unix: Path | None = None
 ) -> ServerHandle:
     """Start a server in a daemon thread; returns once the API listens (the handle says on
     which port: 0 picks a free one). Raises ProxyServerError if the address is refused."""
-    server = ProxyServer(host=host, port=port, seed=seed)
+    server = ProxyServer(host=host, port=port, seed=seed, unix=unix)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     failure: list[BaseException] = []
@@ -152,10 +174,10 @@ def serve_in_thread(
 
 @contextmanager
 def running(
-    host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None
+    host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None, unix: Path | None = None
 ) -> Iterator[ServerHandle]:
     """`serve_in_thread` as a context manager: stopped on exit."""
-    handle = serve_in_thread(host, port, seed=seed)
+    handle = serve_in_thread(host, port, seed=seed, unix=unix)
     try:
         yield handle
     finally:

@@ -8,13 +8,15 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from toxiproxy import Toxiproxy
 from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
-from chaos.proxy.server import ServerHandle
+from chaos.proxy.client import ProxyClient
+from chaos.proxy.server import ServerHandle, running
 from tests.conftest import clean_env
 from tests.proxy_peers import EchoServer, connect, round_trip_s
 
@@ -193,3 +195,23 @@ def test_cli_refuses_a_port_in_use_in_one_line(proxy_server: ServerHandle) -> No
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert "address already in use" in line and "--port" in line
+
+
+def test_the_api_on_a_unix_socket_drives_a_tcp_proxy(tmp_path: Path) -> None:
+    """What the harness uses for a proxy inside a node's network namespace: the API is a
+    file, reached from any namespace."""
+    sock = tmp_path / "api.sock"
+    with running(unix=sock) as handle, socket.create_server(("127.0.0.1", 0)) as upstream:
+        api = ProxyClient(handle.server.url)
+        assert handle.server.url == f"unix:{sock}" and sock.exists()
+        port = upstream.getsockname()[1]
+        made = api.create_proxy("store", upstream=f"127.0.0.1:{port}")
+        host, _, listen = made["listen"].rpartition(":")
+        with socket.create_connection((host, int(listen)), timeout=5) as client:
+            server_side, _ = upstream.accept()
+            with server_side:
+                client.sendall(b"ping")
+                assert server_side.recv(4) == b"ping"
+        api.add_toxic("store", "latency", attributes={"latency": 50})
+        assert [t["type"] for t in api.call("GET", "/proxies/store/toxics")] == ["latency"]
+    assert not sock.exists()  # stopped: the socket file is gone
