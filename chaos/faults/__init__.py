@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import nodes, partition, store, workers
+from chaos.faults import links, nodes, partition, store, workers
 from chaos.scenario.schema import Fault, Scenario
 from chaos.topology.base import Topology
 
@@ -43,10 +43,14 @@ FIRE: dict[str, FireFn] = {
     "kill_store_host": store.kill_store_host,
     "kill_etcd_member": store.kill_etcd_member,
     "partition": partition.partition,
+    "toxic": links.toxic,
+    "slow_link": links.slow_link,
 }
 HEAL: dict[str, HealFn] = {
     "pause_node": nodes.resume_node,
     "partition": partition.heal_partition,
+    "toxic": links.remove_toxic,
+    "slow_link": links.heal_slow_link,
 }
 
 

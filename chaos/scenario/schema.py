@@ -19,6 +19,8 @@ FAULT_KINDS = (
     "leave_node",  # target: node; SIGTERM to the agent (a graceful leave)
     "kill_store_host",  # c10d: the agent hosting the store; etcd: a member (see target)
     "kill_etcd_member",  # target: member index or "leader"
+    "toxic",  # target: node; a Toxiproxy toxic on its link to the store for `duration_s`
+    "slow_link",  # target: node; its egress limited to `rate` (tc tbf); needs netns or docker
 )
 TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
 # How a partition cuts: "drop" packets silently, or "reject" TCP with a reset at once.
@@ -77,6 +79,11 @@ class Fault:
     from_store: bool = False  # partition: cut `node` from the store only
     mode: str = "drop"  # partition: one of PARTITION_MODES
     member: str | None = None  # kill_etcd_member: index or "leader"
+    toxic: str | None = None  # toxic: the Toxiproxy toxic type (latency, reset_peer, ...)
+    attributes: tuple[tuple[str, int], ...] = ()  # toxic: its attributes (Toxiproxy's units)
+    stream: str = "downstream"  # toxic: downstream (store -> node) or upstream
+    toxicity: float = 1.0  # toxic: the probability it applies to a connection
+    rate: str | None = None  # slow_link: tc's rate, e.g. "1mbit"
     # Targets written as `random` ("rank", "node", "local_rank"); those fields stay None here
     # and the schedule draws them from the seed (PlannedFault.fault has them filled in).
     random_fields: tuple[str, ...] = ()

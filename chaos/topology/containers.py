@@ -211,6 +211,8 @@ class DockerTopology(LocalTopology):
             env = {k: v for k, v in env.items() if k not in _USER_IMAGE_DROPS}
         env["CHAOS_NODE_ADDR"] = self.addr_of(index)
         env["CHAOS_NODE_DIR"] = str(node_dir)
+        if self.links.get(index) is not None:
+            env["CHAOS_WAIT_FOR"] = str(self.links.socket_of(index))
         env["GLOO_SOCKET_IFNAME"] = NODE_IFNAME
         env["TP_SOCKET_IFNAME"] = NODE_IFNAME
         return env
@@ -263,6 +265,8 @@ class DockerTopology(LocalTopology):
                 f"{err.explanation or err} (a user image needs /bin/sh and python3 with torch)"
             ) from None
         init_pid = int(api.inspect_container(cid)["State"]["Pid"])
+        # The node's shell waits for its store-link proxy (CHAOS_WAIT_FOR) before the agent.
+        self.links.start(index, ["nsenter", "-t", str(init_pid), "-n"], wait=False)
         init = procs.identify(init_pid)
         started = node_shell.wait_agent(init_pid, _WAIT_S)
         if init is None or started is None:
@@ -377,6 +381,7 @@ class DockerTopology(LocalTopology):
                 codes[index] = self.poll(index)
             return codes
         finally:
+            self.links.close()
             failed: list[str] = []
             try:
                 self._stop_store()  # its containers are on the network: before remove_objects

@@ -33,6 +33,7 @@ from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.etcd import EtcdCluster
 from chaos.topology.etcd_members import Placement, ProcessPlacement, die_with_parent
 from chaos.topology.launcher_args import without_extensions
+from chaos.topology.store_links import StoreLink, StoreLinks, linked_nodes
 from chaos.topology.view import JobView
 from launcher.events import RDZV_ROUND_COMPLETE, WORKER_STARTED
 
@@ -137,6 +138,8 @@ class LocalTopology:
         else:
             self._store = self._etcd_cluster(ProcessPlacement())
         self._nodes: dict[int, _Node] = {}
+        in_namespace = self.backend != "local"  # netns, docker: a proxy process in the node
+        self.links = StoreLinks(run_dir, linked_nodes(scenario), in_namespace=in_namespace)
         self._known: dict[int, tuple[procs.ProcId, int]] = {}  # pid -> (identity, node)
         self._events_seen: dict[int, int] = {}
         self._steps_seen = 0
@@ -186,7 +189,8 @@ class LocalTopology:
         argv = launchers.agent_command(self.launcher)
         argv += ["--nnodes", str(low) if low == high else f"{low}:{high}"]
         argv += ["--nproc-per-node", str(topo.nproc_per_node)]
-        argv += ["--rdzv-backend", backend, "--rdzv-endpoint", self._endpoint()]
+        endpoint = self.links.endpoint(index, self._endpoint(), host_node=self.store.host_node)
+        argv += ["--rdzv-backend", backend, "--rdzv-endpoint", endpoint]
         argv += ["--rdzv-id", self.run_id, "--local-addr", node_addr(index)]
         argv += ["--log-dir", str(node_dir / "logs")]
         if conf:
@@ -245,6 +249,10 @@ class LocalTopology:
         self._nodes[index] = _Node(handle=handle, proc=proc)
         self._learn(proc.pid, index, trusted=True)
         return handle
+
+    def store_link(self, index: int) -> StoreLink | None:
+        """The proxy on node `index`'s link to the store (`toxic` faults), if it has one."""
+        return self.links.get(index)
 
     def nodes(self) -> dict[int, NodeHandle]:
         return {i: node.handle for i, node in self._nodes.items()}
@@ -381,4 +389,5 @@ class LocalTopology:
                     codes[index] = None
             return codes
         finally:
+            self.links.close()
             self._stop_store()

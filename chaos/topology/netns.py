@@ -241,6 +241,7 @@ class NetnsTopology(LocalTopology):
         (self.run_dir / "workload" / "control").mkdir(parents=True, exist_ok=True)
         self.view.watch_node(index)
         argv = self.agent_argv(index)
+        self.links.start(index, self.net_exec(index))  # its store-link proxy, if it has one
         # `ip netns exec` and setpriv both exec: the pid is the agent's.
         full = [*self.net_exec(index), *die_with_parent(argv)]
         with (

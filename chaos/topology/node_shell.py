@@ -19,11 +19,17 @@ from chaos.topology import procs
 
 RC_FILE = "agent.rc"
 
-# sh -c SCRIPT node AGENT_ARGV...; CHAOS_NODE_DIR is in the container's environment.
+# sh -c SCRIPT node AGENT_ARGV...; CHAOS_NODE_DIR is in the container's environment, and
+# CHAOS_WAIT_FOR, when set, is the unix socket of the node's store-link proxy: the agent starts
+# once it exists (at most 10 s), so its first connection to the store goes through the proxy.
 # `wait` returns early when a trapped signal arrives: loop until the agent is reaped. The
 # shell's own `sleep`s are its children, never the agent's: they are not part of the job.
 SCRIPT = r"""
 d=$CHAOS_NODE_DIR
+n=0
+while [ -n "$CHAOS_WAIT_FOR" ] && [ ! -S "$CHAOS_WAIT_FOR" ] && [ $n -lt 500 ]; do
+  sleep 0.02; n=$((n+1))
+done
 "$@" >>"$d/stdout.log" 2>>"$d/stderr.log" &
 agent=$!
 trap 'kill -TERM "$agent" 2>/dev/null' TERM INT
