@@ -11,6 +11,7 @@ import signal
 from dataclasses import dataclass
 from typing import TypedDict
 
+from chaos.scenario import link_rules
 from chaos.scenario.document import Fields, Invalid, Value, clip, join, suggest
 from chaos.scenario.schema import (
     FAULT_KINDS,
@@ -27,7 +28,8 @@ RANDOM = "random"  # `rank: random`, `node: random`, `local_rank: random`: drawn
 DRAWN_ORDER = ("rank", "node", "local_rank")
 FAULT_KEYS = (
     "kind", "trigger", "node", "rank", "local_rank", "signal", "exit_code", "exception",
-    "duration_s", "groups", "from_store", "mode", "member",
+    "duration_s", "groups", "from_store", "mode", "member", "toxic", "attributes", "stream",
+    "toxicity", "rate",
 )  # fmt: skip
 # The fields each kind takes besides `kind` and `trigger`.
 FAULT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -40,6 +42,8 @@ FAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "leave_node": ("node",),
     "kill_store_host": ("member",),
     "kill_etcd_member": ("member",),
+    "toxic": ("node", "toxic", "attributes", "stream", "toxicity", "duration_s"),
+    "slow_link": ("node", "rate", "duration_s"),
 }
 TRIGGER_KEYS = (
     "kind", "at_s", "after_step", "step", "rank", "on_event", "event", "occurrence", "random",
@@ -93,6 +97,11 @@ class _Targets(TypedDict, total=False):
     from_store: bool
     mode: str
     member: str
+    toxic: str
+    attributes: tuple[tuple[str, int], ...]
+    stream: str
+    toxicity: float
+    rate: str
 
 
 def build_faults(value: Value | None, ctx: Context) -> tuple[Fault, ...]:
@@ -134,6 +143,18 @@ def build_fault(value: Value, ctx: Context) -> Fault:
         drawn.append("node")
     if kind == "pause_node":
         out["duration_s"] = _duration(f.need("duration_s", "a pause length in seconds"), ctx)
+    if kind == "toxic":
+        link_rules.toxic_fields(f, out)  # type: ignore[arg-type]
+        if ctx.topology.rdzv_backend == "c10d" and out.get("node", 0) == 0:
+            f.error(
+                "node",
+                "with c10d, node 0 hosts the store and its link never leaves its process: "
+                "name another node (not random), or use rdzv_backend: etcd",
+            )
+    if kind == "slow_link":
+        out["rate"] = link_rules.rate(f.need("rate", link_rules.RATE_HELP))
+    if kind in ("toxic", "slow_link") and (duration_v := f.get("duration_s")) is not None:
+        out["duration_s"] = _duration(duration_v, ctx)
     if kind == "kill_agent" and (signal_v := f.get("signal")) is not None:
         out["signal"] = signal_name(signal_v)
     random_fields = tuple(name for name in DRAWN_ORDER if name in drawn)
@@ -151,6 +172,11 @@ def _check_topology(kind: str, kind_v: Value, ctx: Context) -> None:
     if kind == "kill_etcd_member" and topo.rdzv_backend != "etcd":
         kind_v.error(
             f"kill_etcd_member needs topology.rdzv_backend: etcd, got {topo.rdzv_backend!r}"
+        )
+    if kind == "slow_link" and topo.backend not in ("netns", "docker"):
+        kind_v.error(
+            f"slow_link needs topology.backend netns or docker, got {topo.backend!r} (tc acts on "
+            "a node's own interface); set topology.backend: netns or run with `--backend netns`"
         )
     if kind == "join_node" and topo.spares == 0:
         kind_v.error("join_node needs a spare node to start: set topology.spares >= 1")

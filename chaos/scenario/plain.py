@@ -79,6 +79,9 @@ def fault_to_data(fault: Fault) -> dict[str, Any]:
         elif key == "mode":
             if value != "drop":  # the default
                 data[key] = value
+        elif key == "attributes":
+            if value:
+                data[key] = dict(value)
         elif value is not None:
             data[key] = value
     data["trigger"] = trigger_to_data(fault.trigger)
