@@ -241,3 +241,49 @@ def test_reject_refuses_at_once_where_drop_hangs(net: Net, tmp_path: Path, mode:
         assert held_outcome == "TimeoutError", (held_outcome, held_s)
     assert net.rules(2) == []
     assert net.outcomes(2, 0, 1) == {0: "ok", 1: "ok"}
+
+
+# Sends N bytes to the echo listener of ADDR:PORT and reads them back; prints the seconds.
+PUMP = """
+import socket, sys, time
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+data = b"x" * int(sys.argv[3])
+start = time.monotonic()
+conn.sendall(data)
+got = 0
+while got < len(data):
+    got += len(conn.recv(65536))
+print(time.monotonic() - start, flush=True)
+"""
+
+
+def _pump_s(net: Net, src: int, dst: int, size: int) -> float:
+    host, port = net.target(dst).rsplit(":", 1)
+    done = subprocess.run(
+        [*net.topo.net_exec(src), sys.executable, "-c", PUMP, host, port, str(size)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return float(done.stdout)
+
+
+def test_slow_link_caps_what_the_node_sends_and_the_heal_lifts_it(net: Net, tmp_path: Path) -> None:
+    """1 Mbit/s out of node 1: 200 kB need about 1.6 s (they cross the cap once, the echo
+    comes back uncapped); before and after, milliseconds."""
+    ctx, size = ctx_of(net, tmp_path), 200_000
+    before = _pump_s(net, 1, 0, size)
+    fault = Fault(kind="slow_link", node=1, rate="1mbit", trigger=Trigger(kind="at_s", at_s=0.0))
+    did = fire(fault, ctx)
+    assert did["qdisc"] == "tbf" and did["rate"] == "1mbit", did
+    try:
+        slowed = _pump_s(net, 1, 0, size)
+        other = _pump_s(net, 2, 0, size)  # another node's link is not capped
+    finally:
+        healed = heal(fault, ctx, did)
+    after = _pump_s(net, 1, 0, size)
+    assert healed["removed"], healed
+    expected = size * 8 / 1_000_000
+    assert 0.8 * expected < slowed < 1.5 * expected, (before, slowed, after)
+    assert before < 0.3 and other < 0.3 and after < 0.3, (before, slowed, other, after)
