@@ -45,8 +45,8 @@ from chaos.topology.docker_image import (
     LABEL_OWNER,
     LABEL_RUN,
     NodeImage,
-    owner_alive,
     remove_containers,
+    remove_stale,
 )
 from chaos.topology.docker_image import owner_label as _owner_label
 from chaos.topology.etcd import EtcdCluster
@@ -90,22 +90,6 @@ def have_docker() -> str | None:
     except TopologyError as err:
         return str(err)
     return None
-
-
-def remove_stale(client: Any) -> list[str]:
-    """Removes containers and networks whose harness is gone; returns their names."""
-    removed: list[str] = []
-    for ctr in client.containers.list(all=True, filters={"label": LABEL}):
-        if not owner_alive(ctr.labels.get(LABEL_OWNER)):
-            with contextlib.suppress(Exception):
-                ctr.remove(force=True, v=True)
-                removed.append(ctr.name)
-    for net in client.networks.list(filters={"label": LABEL}):
-        if not owner_alive((net.attrs.get("Labels") or {}).get(LABEL_OWNER)):
-            with contextlib.suppress(Exception):
-                net.remove()
-                removed.append(net.name)
-    return removed
 
 
 @dataclass

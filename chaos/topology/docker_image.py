@@ -16,6 +16,7 @@ and never what a live one is still using.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -145,3 +146,19 @@ class NodeImage:
         binds[str(project)] = {"bind": str(project), "mode": "ro"}
         binds[str(run_dir)] = {"bind": str(run_dir), "mode": "rw"}
         return binds
+
+
+def remove_stale(client: Any) -> list[str]:
+    """Removes containers and networks whose harness is gone; returns their names."""
+    removed: list[str] = []
+    for ctr in client.containers.list(all=True, filters={"label": LABEL}):
+        if not owner_alive(ctr.labels.get(LABEL_OWNER)):
+            with contextlib.suppress(Exception):
+                ctr.remove(force=True, v=True)
+                removed.append(ctr.name)
+    for net in client.networks.list(filters={"label": LABEL}):
+        if not owner_alive((net.attrs.get("Labels") or {}).get(LABEL_OWNER)):
+            with contextlib.suppress(Exception):
+                net.remove()
+                removed.append(net.name)
+    return removed

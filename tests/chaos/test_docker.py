@@ -19,13 +19,14 @@ from chaos.scenario.loader import load_scenario, load_scenario_text
 from chaos.scenario.schema import Scenario
 from chaos.topology import procs
 from chaos.topology.base import TopologyError
-from chaos.topology.containers import DockerTopology, remove_stale
+from chaos.topology.containers import DockerTopology
 from chaos.topology.docker_image import (
     BUILTIN_IMAGE,
     LABEL,
     LABEL_OWNER,
     ensure_builtin_image,
     owner_label,
+    remove_stale,
 )
 from chaos.topology.view import JobView
 
