@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from chaos.faults import FaultContext
 
 DEFAULT_PERIOD_S = 1.0  # slow_worker sigstop: one stop + run cycle
+CPU_PERIOD_US = 100_000  # slow_worker cpu_quota: the CFS period
+MIN_QUOTA_US = 1_000  # the kernel's floor for a CFS quota
 _JOIN_S = 5.0
 
 
@@ -41,9 +43,19 @@ _JOIN_S = 5.0
 class CpuQuotaTarget(Protocol):
     """What a topology must offer for slow_worker `cpu_quota` (docker does)."""
 
-    def set_cpu_quota(self, index: int, cpus: float | None) -> dict[str, Any]:
-        """Limits node `index` to `cpus` CPUs (None: no limit); returns what it set."""
+    client: Any  # a Docker SDK client
+
+    def container_name(self, index: int) -> str:
+        """The container that is node `index`."""
         ...
+
+
+def set_cpu_quota(topo: CpuQuotaTarget, node: int, cpus: float | None) -> dict[str, Any]:
+    """`docker update` of the node's CFS quota: `cpus` CPUs per period, None for no limit."""
+    quota = -1 if cpus is None else max(MIN_QUOTA_US, int(CPU_PERIOD_US * cpus))
+    name = topo.container_name(node)
+    topo.client.api.update_container(name, cpu_period=CPU_PERIOD_US, cpu_quota=quota)
+    return {"container": name, "cpu_period_us": CPU_PERIOD_US, "cpu_quota_us": quota}
 
 
 def _target(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
@@ -142,7 +154,7 @@ def slow_worker(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
     if not isinstance(topo, CpuQuotaTarget):
         return {**did, "skipped": f"the {topo.backend} topology has no container to limit"}
     cpus = 1.0 / factor
-    return {**did, "via": "cpu_quota", "factor": factor, **topo.set_cpu_quota(did["node"], cpus)}
+    return {**did, "via": "cpu_quota", "factor": factor, **set_cpu_quota(topo, did["node"], cpus)}
 
 
 def restore_speed(fault: Fault, ctx: FaultContext, did: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +166,7 @@ def restore_speed(fault: Fault, ctx: FaultContext, did: dict[str, Any]) -> dict[
         return {"rank": did.get("rank"), "stops": cycle.stop(), "signal": "SIGCONT"}
     topo = ctx.topology
     if did.get("via") == "cpu_quota" and isinstance(topo, CpuQuotaTarget):
-        return {"rank": did.get("rank"), **topo.set_cpu_quota(did["node"], None)}
+        return {"rank": did.get("rank"), **set_cpu_quota(topo, did["node"], None)}
     return {"skipped": f"nothing to restore after {did.get('via')}"}
 
 
