@@ -88,16 +88,18 @@ def fault_to_data(fault: Fault) -> dict[str, Any]:
                 data[key] = list(value)
         elif value is not None:
             data[key] = value
-    data["trigger"] = trigger_to_data(fault.trigger)
+    # A hang/slow fault's after_step trigger defaults to the fault's rank, not 0: write it.
+    rank_fault = fault.kind in ("hang_worker", "slow_worker")
+    data["trigger"] = trigger_to_data(fault.trigger, with_rank=rank_fault)
     return data
 
 
-def trigger_to_data(trigger: Trigger) -> dict[str, Any]:
+def trigger_to_data(trigger: Trigger, *, with_rank: bool = False) -> dict[str, Any]:
     if trigger.kind == "at_s":
         return {"at_s": trigger.at_s}
     if trigger.kind == "after_step":
         data: dict[str, Any] = {"after_step": trigger.step}
-        if trigger.rank:
+        if trigger.rank or with_rank:
             data["rank"] = trigger.rank
         return data
     if trigger.kind == "on_event":
