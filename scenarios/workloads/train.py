@@ -3,7 +3,7 @@
 Usage (one process per rank, under `launcher` or `torchrun`):
 
     train.py --steps N --step-s S --checkpoint-every K --ckpt-dir DIR [--pg-timeout-s T]
-             [--detached-helper] [--hang-rank R --hang-step K]
+             [--detached-helper] [--hang-rank R --hang-step K [--hang-mode M]]
 
 Every rank resumes from DIR/ckpt.pt (step + model + optimizer state) when it exists, trains
 a tiny MLP on synthetic data up to step N, and sleeps S seconds per step so faults land while
