@@ -435,7 +435,7 @@ def test_verdict_rejects_a_bad_status_and_keeps_summaries_on_one_line() -> None:
 def test_default_checkers_have_distinct_names() -> None:
     # `hang` and `straggler` run only when expected (tests/unit/test_hang_checker.py,
     # test_straggler_checker.py), so the kill-worker
-    # story's ALL_NAMES lacks it.
+    # story's ALL_NAMES lacks them.
     names = [c.name for c in default_checkers()]
     assert names == [*ALL_NAMES[:-1], "hang", "straggler", "hygiene"]
     assert len(set(names)) == len(names)
