@@ -138,11 +138,18 @@ def describe_trigger(planned: PlannedFault) -> str:
 
 def describe_fault(fault: Fault) -> str:
     parts = [fault.kind]
-    if fault.kind == "kill_worker":
+    if fault.kind in ("kill_worker", "hang_worker", "slow_worker"):
         if fault.rank is not None:
             parts.append(f"rank {fault.rank}")
         else:
             parts.append(f"node {fault.node} local_rank {fault.local_rank}")
+    if fault.kind in ("hang_worker", "slow_worker"):
+        parts.append(f"({fault.mode})")
+        if fault.factor is not None:
+            parts.append(f"{fault.factor:g}x")
+        if fault.steps is not None:
+            parts.append(f"steps {fault.steps[0]}..{fault.steps[1]}")
+    elif fault.kind == "kill_worker":
         if fault.exit_code is not None:
             parts.append(f"(exit code {fault.exit_code})")
         elif fault.exception is not None:

@@ -25,7 +25,9 @@ judged on:
              nodes' polls (runs of scenarios/hang_rank.yaml show node 0 originating too, on
              its ranks that wait for rank 3 on node 1); a node that cannot see the culprit
              says "culprit unknown", which neither names it nor contradicts the one that
-             does. Each node's `by` and `reason` are the evidence.
+             does. Each node's `by` and `reason` are the evidence. `culprits: injected` (the
+             default with a hang_worker fault) expects the ranks the hang_worker faults hit,
+             from their fault.fire records (`did.rank`).
 
 Measured values are always reported; with torchrun (no event log) the verdict is unknown.
 """
@@ -39,7 +41,7 @@ from typing import Any
 from chaos.checkers import facts
 from chaos.checkers.verdict import Verdict, unknown, verdict
 from chaos.history import History
-from chaos.scenario.schema import HangExpectation, IntRange, Scenario
+from chaos.scenario.schema import INJECTED, HangExpectation, IntRange, Scenario
 from launcher import events as ev
 
 ORIGINATING = ("progress", "file_timer")
@@ -168,8 +170,21 @@ def _range(r: IntRange) -> str:
     return str(r.low) if r.low == r.high else f"{r.low}..{r.high}"
 
 
-def _judge(incident: Incident, expect: HangExpectation) -> tuple[list[str], list[str]]:
-    """(problems, evidence) of one incident."""
+def injected_ranks(history: History, scenario: Scenario, kind: str) -> tuple[int, ...]:
+    """The global ranks that faults of `kind` hit (fault.fire `did.rank`, skipped ones not)."""
+    ranks = {
+        rank
+        for fire in facts.fault_fires(history, scenario)
+        if fire.kind == kind and fire.skipped is None
+        if (rank := facts.as_int(fire.did.get("rank"))) is not None
+    }
+    return tuple(sorted(ranks))
+
+
+def _judge(
+    incident: Incident, expect: HangExpectation, culprits: tuple[int, ...] | None
+) -> tuple[list[str], list[str]]:
+    """(problems, evidence) of one incident; `culprits`: the ranks to blame (None: any)."""
     where = f"round {incident.round}"
     problems: list[str] = []
     evidence: list[str] = []
@@ -212,12 +227,12 @@ def _judge(incident: Incident, expect: HangExpectation) -> tuple[list[str], list
         evidence.append(
             f"{where}: node {b.node} ({role}) blamed {_ranks(b.culprits)} by {b.by}: {b.reason}"
         )
-    if expect.culprits is not None:
-        wanted = "culprit unknown" if not expect.culprits else _ranks(expect.culprits)
+    if culprits is not None:
+        wanted = "culprit unknown" if not culprits else _ranks(culprits)
         blamed = incident.blamed_ranks
         if blamed is None:
             problems.append(f"{where}: no node attributed the hang (expected {wanted})")
-        elif blamed != expect.culprits:
+        elif blamed != culprits:
             said = _ranks(blamed) if blamed else "culprit unknown"
             problems.append(f"{where}: blamed {said}, expected {wanted}")
     return problems, evidence
@@ -237,10 +252,17 @@ class HangChecker:
         found = incidents(history)
         problems: list[str] = []
         evidence: list[str] = []
+        culprits = expect.culprits if not isinstance(expect.culprits, str) else None
+        if expect.culprits == INJECTED:
+            culprits = injected_ranks(history, scenario, "hang_worker")
+            evidence.append(f"hang_worker faults hung rank(s) {_ranks(culprits)}")
+            if not culprits:
+                problems.append("no hang_worker fault hung a rank (expected culprits: injected)")
+                culprits = None  # nothing to compare the blame with
         if not expect.count.contains(len(found)):
             problems.append(f"{len(found)} hang incident(s), expected {_range(expect.count)}")
         for incident in found:
-            more, seen = _judge(incident, expect)
+            more, seen = _judge(incident, expect, culprits)
             problems += more
             evidence += seen
         measured = {

@@ -12,6 +12,7 @@ from chaos.checkers.outcome import OutcomeChecker
 from chaos.checkers.rank_map import RankMapChecker
 from chaos.checkers.restarts import RestartsChecker, ScaleUnchargedChecker
 from chaos.checkers.root_cause import RootCauseChecker
+from chaos.checkers.stragglers import StragglerChecker
 from chaos.checkers.timing import DetectionChecker, RecoveryChecker
 from chaos.checkers.verdict import Checker, Verdict, unknown
 from chaos.checkers.world import FinalWorldSizeChecker
@@ -31,6 +32,7 @@ def default_checkers() -> list[Checker]:
         DetectionChecker(),
         RecoveryChecker(),
         HangChecker(),
+        StragglerChecker(),
         HygieneChecker(),
     ]
 

@@ -1,6 +1,7 @@
 """Faults: one function per fault kind, each returning what it actually did.
 
-    fire(fault, ctx) -> did          heal(fault, ctx, did) -> did   (pause_node, partition)
+    fire(fault, ctx) -> did          heal(fault, ctx, did) -> did   (pause_node, partition,
+                                                                      hang/slow_worker)
 
 `did` is a JSON-able dict recorded verbatim in history.jsonl (`fault.fire` / `fault.heal`).
 A fault that cannot apply when it fires (the rank has no live worker, the node already
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import links, nodes, partition, store, workers
+from chaos.faults import gray, links, nodes, partition, store, workers
 from chaos.scenario.schema import Fault, Scenario
 from chaos.topology.base import Topology
 
@@ -27,7 +28,9 @@ __all__ = ["FaultContext", "fire", "heal", "heal_after_s"]
 class FaultContext:
     scenario: Scenario
     topology: Topology
-    control_dir: Path  # the workload's control dir (kill_worker orders)
+    control_dir: Path  # the workload's control dir (kill_worker, hang/slow_worker orders)
+    # What a fault left running until its heal (slow_worker's duty cycles), by `did` token.
+    background: dict[str, Any] = field(default_factory=dict)
 
 
 FireFn = Callable[[Fault, FaultContext], dict[str, Any]]
@@ -45,12 +48,16 @@ FIRE: dict[str, FireFn] = {
     "partition": partition.partition,
     "toxic": links.toxic,
     "slow_link": links.slow_link,
+    "hang_worker": gray.hang_worker,
+    "slow_worker": gray.slow_worker,
 }
 HEAL: dict[str, HealFn] = {
     "pause_node": nodes.resume_node,
     "partition": partition.heal_partition,
     "toxic": links.remove_toxic,
     "slow_link": links.heal_slow_link,
+    "hang_worker": gray.release_worker,
+    "slow_worker": gray.restore_speed,
 }
 
 
@@ -63,7 +70,9 @@ def fire(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
 
 def heal_after_s(fault: Fault, did: dict[str, Any]) -> float | None:
     """Seconds after the fire when the heal is due, or None when there is nothing to heal."""
-    if fault.kind not in HEAL or "skipped" in did:
+    if fault.kind not in HEAL or "skipped" in did or "error" in did:
+        return None
+    if fault.kind in ("hang_worker", "slow_worker") and not gray.heals(fault, did):
         return None
     # Without a duration the pause lasts until the run ends (healed during teardown).
     return fault.duration_s if fault.duration_s is not None else math.inf

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 EXCEPTION_EXIT_CODE = 1
 
 
-def write_order(ctx: FaultContext, rank: int, order: dict[str, Any]) -> str:
+def write_order(ctx: FaultContext, name: str, order: dict[str, Any]) -> str:
+    """Writes `order` to the control dir as `name` (see scenarios/workloads/train.py)."""
     ctx.control_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.control_dir / f"fail-rank-{rank}.json"
+    path = ctx.control_dir / name
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(order))
     os.replace(tmp, path)  # the worker never reads half an order
@@ -41,7 +42,7 @@ def kill_worker(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
     did = target.as_did()
     if fault.exception is not None:
         order: dict[str, Any] = {"exception": fault.exception}
-        path = write_order(ctx, target.rank, order)
+        path = write_order(ctx, f"fail-rank-{target.rank}.json", order)
         return {
             **did,
             "via": "control",
@@ -53,7 +54,7 @@ def kill_worker(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
         }
     if fault.exit_code is not None:
         order = {"exit_code": fault.exit_code}
-        path = write_order(ctx, target.rank, order)
+        path = write_order(ctx, f"fail-rank-{target.rank}.json", order)
         return {
             **did,
             "via": "control",

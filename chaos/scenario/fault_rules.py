@@ -8,14 +8,17 @@ does less than it says is worse than one that does not load.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypedDict
 
 from chaos.scenario import link_rules
 from chaos.scenario.document import Fields, Invalid, Value, clip, join, suggest
 from chaos.scenario.schema import (
+    DEFAULT_MODES,
     FAULT_KINDS,
+    HANG_MODES,
     PARTITION_MODES,
+    SLOW_MODES,
     TRIGGER_KINDS,
     Fault,
     Topology,
@@ -28,8 +31,11 @@ RANDOM = "random"  # `rank: random`, `node: random`, `local_rank: random`: drawn
 DRAWN_ORDER = ("rank", "node", "local_rank")
 FAULT_KEYS = (
     "kind", "trigger", "node", "rank", "local_rank", "signal", "exit_code", "exception",
-    "duration_s", "groups", "from_store", "mode", "member", "toxic", "attributes", "stream",
-    "toxicity", "rate",
+    "duration_s", "groups", "from_store", "mode", "member", "factor", "steps", "period_s",
+    "toxic", "attributes", "stream", "toxicity", "rate",
+)  # fmt: skip
+_SLOW_FIELDS = (
+    "rank", "node", "local_rank", "mode", "factor", "steps", "duration_s", "period_s",
 )  # fmt: skip
 # The fields each kind takes besides `kind` and `trigger`.
 FAULT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -44,7 +50,10 @@ FAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "kill_etcd_member": ("member",),
     "toxic": ("node", "toxic", "attributes", "stream", "toxicity", "duration_s"),
     "slow_link": ("node", "rate", "duration_s"),
+    "hang_worker": ("rank", "node", "local_rank", "mode", "duration_s"),
+    "slow_worker": _SLOW_FIELDS,
 }
+MAX_FACTOR = 1000.0
 TRIGGER_KEYS = (
     "kind", "at_s", "after_step", "step", "rank", "on_event", "event", "occurrence", "random",
     "window_s",
@@ -102,6 +111,9 @@ class _Targets(TypedDict, total=False):
     stream: str
     toxicity: float
     rate: str
+    factor: float
+    steps: tuple[int, int]
+    period_s: float
 
 
 def build_faults(value: Value | None, ctx: Context) -> tuple[Fault, ...]:
@@ -119,11 +131,18 @@ def build_fault(value: Value, ctx: Context) -> Fault:
         if key not in ("kind", "trigger") and key not in allowed:
             f.error(key, f"{kind} takes no {key}; its fields are: trigger, {', '.join(allowed)}")
     _check_topology(kind, kind_v, ctx)
-    trigger = build_trigger(f.need("trigger", TRIGGER_HELP), ctx)
+    trigger_v = f.need("trigger", TRIGGER_HELP)
+    trigger = build_trigger(trigger_v, ctx)
     out = _Targets()
     drawn: list[str] = []
     if kind == "kill_worker":
         _kill_worker(f, ctx, out, drawn)
+    elif kind == "hang_worker":
+        _worker_target(f, ctx, out, drawn, kind)
+        _hang_worker(f, ctx, out)
+    elif kind == "slow_worker":
+        _worker_target(f, ctx, out, drawn, kind)
+        _slow_worker(f, ctx, out)
     elif kind == "partition":
         _partition(f, ctx, out, drawn)
     elif kind in ("kill_store_host", "kill_etcd_member"):
@@ -157,6 +176,10 @@ def build_fault(value: Value, ctx: Context) -> Fault:
         out["duration_s"] = _duration(duration_v, ctx)
     if kind == "kill_agent" and (signal_v := f.get("signal")) is not None:
         out["signal"] = signal_name(signal_v)
+    # `{after_step: N}` on a hang or slow fault: when *that* rank reaches step N.
+    rank_fault = kind in ("hang_worker", "slow_worker") and "rank" in out
+    if rank_fault and trigger.kind == "after_step" and _no_rank(trigger_v):
+        trigger = replace(trigger, rank=out["rank"])
     random_fields = tuple(name for name in DRAWN_ORDER if name in drawn)
     return Fault(kind=kind, trigger=trigger, random_fields=random_fields, **out)
 
@@ -182,7 +205,25 @@ def _check_topology(kind: str, kind_v: Value, ctx: Context) -> None:
         kind_v.error("join_node needs a spare node to start: set topology.spares >= 1")
 
 
+def _no_rank(trigger_v: Value) -> bool:
+    return "rank" not in trigger_v.fields(TRIGGER_KEYS, what=TRIGGER_HELP)
+
+
 def _kill_worker(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None:
+    _worker_target(f, ctx, out, drawn, "kill_worker")
+    given = [key for key in ("signal", "exit_code", "exception") if key in f]
+    if len(given) > 1:
+        f.error(given[1], f"give one of signal, exit_code or exception, not {' and '.join(given)}")
+    if (signal_v := f.get("signal")) is not None:
+        out["signal"] = signal_name(signal_v)
+    if (code_v := f.get("exit_code")) is not None:
+        out["exit_code"] = code_v.integer(low=0, high=255, what="an exit code")
+    if (exc_v := f.get("exception")) is not None:
+        out["exception"] = exc_v.text(what="an exception message")
+
+
+def _worker_target(f: Fields, ctx: Context, out: _Targets, drawn: list[str], kind: str) -> None:
+    """rank, or node + local_rank (each may be `random`)."""
     rank_v, node_v, local_v = f.get("rank"), f.get("node"), f.get("local_rank")
     if rank_v is not None and (node_v is not None or local_v is not None):
         f.error("rank", "give either rank or node + local_rank, not both")
@@ -192,7 +233,7 @@ def _kill_worker(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> No
         why = f" (the largest world is {ctx.max_world})"
         out["rank"] = rank_v.integer(low=0, high=ctx.max_world - 1, what="a global rank", why=why)
     elif node_v is not None and local_v is not None:
-        if (node := node_index(node_v, ctx, "kill_worker")) is not None:
+        if (node := node_index(node_v, ctx, kind)) is not None:
             out["node"] = node
         else:
             drawn.append("node")
@@ -207,17 +248,78 @@ def _kill_worker(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> No
         raise Invalid(
             f.line,
             join(f.path, missing),
-            "missing; kill_worker needs a target: rank, or node + local_rank",
+            f"missing; {kind} needs a target: rank, or node + local_rank",
         )
-    given = [key for key in ("signal", "exit_code", "exception") if key in f]
-    if len(given) > 1:
-        f.error(given[1], f"give one of signal, exit_code or exception, not {' and '.join(given)}")
-    if (signal_v := f.get("signal")) is not None:
-        out["signal"] = signal_name(signal_v)
-    if (code_v := f.get("exit_code")) is not None:
-        out["exit_code"] = code_v.integer(low=0, high=255, what="an exit code")
-    if (exc_v := f.get("exception")) is not None:
-        out["exception"] = exc_v.text(what="an exception message")
+
+
+def _mode(f: Fields, kind: str, modes: tuple[str, ...], what: str) -> str:
+    mode_v = f.get("mode")
+    return DEFAULT_MODES[kind] if mode_v is None else mode_v.choice(modes, what=what)
+
+
+def _hang_worker(f: Fields, ctx: Context, out: _Targets) -> None:
+    mode = out["mode"] = _mode(f, "hang_worker", HANG_MODES, "a hang mode, one of")
+    if (duration_v := f.get("duration_s")) is not None:
+        if mode != "sigstop":
+            duration_v.error(
+                f"a hang_worker in mode {mode} lasts until the launcher stops the rank; "
+                "duration_s (when to SIGCONT it) is for mode sigstop"
+            )
+        out["duration_s"] = _duration(duration_v, ctx)
+
+
+def _slow_worker(f: Fields, ctx: Context, out: _Targets) -> None:
+    mode = out["mode"] = _mode(f, "slow_worker", SLOW_MODES, "a slow mode, one of")
+    if mode == "cpu_quota" and ctx.topology.backend != "docker":
+        f.error(
+            "mode",
+            f"mode cpu_quota needs topology.backend docker (a CPU quota on the node's "
+            f"container), got {ctx.topology.backend!r}; set topology.backend: docker or run "
+            "with `--backend docker`",
+        )
+    out["factor"] = f.need("factor", "how many times slower, a number > 1").number(
+        low=1.0, above=True, high=MAX_FACTOR
+    )
+    per_mode = {
+        "steps": ("compute",),
+        "duration_s": ("sigstop", "cpu_quota"),
+        "period_s": ("sigstop",),
+    }
+    for key, modes in per_mode.items():
+        if key in f and mode not in modes:
+            f.error(key, f"{key} is for slow_worker mode {' or '.join(modes)}, not {mode}")
+    if (steps_v := f.get("steps")) is not None:
+        out["steps"] = _steps(steps_v, ctx)
+    if (duration_v := f.get("duration_s")) is not None:
+        out["duration_s"] = _duration(duration_v, ctx)
+    if (period_v := f.get("period_s")) is not None:
+        out["period_s"] = period_v.number(low=0.01, high=60.0)
+
+
+def _steps(value: Value, ctx: Context) -> tuple[int, int]:
+    """`[a, b]`, `"a..b"` or `{min: a, max: b}`: workload steps, 1 <= a <= b <= steps."""
+    steps = ctx.workload.steps
+    expected = f"a range of steps like [5, 20], '5..20' or {{min: 5, max: 20}} within 1..{steps}"
+    node = value.node
+    if node.kind == "seq":
+        items = value.items()
+        if len(items) != 2:
+            value.fail(expected)
+        low, high = (item.integer(low=1, high=steps, what="a step") for item in items)
+    elif node.kind == "map":
+        f = value.fields(("min", "max"), what=expected)
+        low = f.need("min", "a step").integer(low=1, high=steps, what="a step")
+        high = f.need("max", "a step").integer(low=1, high=steps, what="a step")
+    else:
+        parts = value.text(what=expected).split("..")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            value.fail(expected)
+        low, high = (int(part) for part in parts)
+        if not 1 <= low <= steps or not 1 <= high <= steps:
+            value.fail(expected)
+    if low > high:
+        value.error(f"expected low <= high, got {low}..{high}")
+    return (low, high)
 
 
 def _partition(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None:

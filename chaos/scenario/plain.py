@@ -10,11 +10,13 @@ from typing import Any
 
 from chaos.scenario.fault_rules import FAULT_FIELDS
 from chaos.scenario.schema import (
+    DEFAULT_MODES,
     Expectations,
     Fault,
     HangExpectation,
     IntRange,
     Scenario,
+    StragglerExpectation,
     Trigger,
 )
 
@@ -55,7 +57,9 @@ def scenario_to_data(scenario: Scenario) -> dict[str, Any]:
             "args": list(work.args),
         },
         faults=[fault_to_data(fault) for fault in scenario.faults],
-        expect=expect_to_data(scenario.expect),
+        expect=expect_to_data(
+            scenario.expect, hung=any(f.kind == "hang_worker" for f in scenario.faults)
+        ),
     )
     return data
 
@@ -77,23 +81,28 @@ def fault_to_data(fault: Fault) -> dict[str, Any]:
             if value:
                 data[key] = True
         elif key == "mode":
-            if value != "drop":  # the default
+            if value != DEFAULT_MODES.get(fault.kind):
                 data[key] = value
         elif key == "attributes":
             if value:
                 data[key] = dict(value)
+        elif key == "steps":
+            if value is not None:
+                data[key] = list(value)
         elif value is not None:
             data[key] = value
-    data["trigger"] = trigger_to_data(fault.trigger)
+    # A hang/slow fault's after_step trigger defaults to the fault's rank, not 0: write it.
+    rank_fault = fault.kind in ("hang_worker", "slow_worker")
+    data["trigger"] = trigger_to_data(fault.trigger, with_rank=rank_fault)
     return data
 
 
-def trigger_to_data(trigger: Trigger) -> dict[str, Any]:
+def trigger_to_data(trigger: Trigger, *, with_rank: bool = False) -> dict[str, Any]:
     if trigger.kind == "at_s":
         return {"at_s": trigger.at_s}
     if trigger.kind == "after_step":
         data: dict[str, Any] = {"after_step": trigger.step}
-        if trigger.rank:
+        if trigger.rank or with_rank:
             data["rank"] = trigger.rank
         return data
     if trigger.kind == "on_event":
@@ -108,7 +117,7 @@ def int_range_to_data(value: IntRange) -> int | dict[str, int]:
     return value.low if value.low == value.high else {"min": value.low, "max": value.high}
 
 
-def expect_to_data(expect: Expectations) -> dict[str, Any]:
+def expect_to_data(expect: Expectations, *, hung: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"outcome": expect.outcome}
     if expect.failure_reason is not None:
         data["failure_reason"] = expect.failure_reason
@@ -133,17 +142,34 @@ def expect_to_data(expect: Expectations) -> dict[str, Any]:
         if getattr(expect, key) is not None:
             data[key] = getattr(expect, key)
     if expect.hang is not None:
-        data["hang"] = hang_to_data(expect.hang)
+        data["hang"] = hang_to_data(expect.hang, hung=hung)
+    if expect.straggler is not None:
+        data["straggler"] = straggler_to_data(expect.straggler)
     data["hygiene"] = expect.hygiene
     return data
 
 
-def hang_to_data(hang: HangExpectation) -> dict[str, Any]:
+def hang_to_data(hang: HangExpectation, *, hung: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    if hang.culprits is not None:
+    if isinstance(hang.culprits, str):
+        data["culprits"] = hang.culprits
+    elif hang.culprits is not None:
         data["culprits"] = list(hang.culprits)
+    elif hung:  # not checked, where a hang_worker fault would make it default to injected
+        data["culprits"] = "any"
     if hang.detect_within_s is not None:
         data["detect_within_s"] = hang.detect_within_s
     data["dumps"] = hang.dumps
     data["count"] = int_range_to_data(hang.count)
+    return data
+
+
+def straggler_to_data(straggler: StragglerExpectation) -> str | dict[str, Any]:
+    if straggler.ranks == () and straggler.section is None:
+        return "none"
+    data: dict[str, Any] = {
+        "ranks": straggler.ranks if isinstance(straggler.ranks, str) else list(straggler.ranks)
+    }
+    if straggler.section is not None:
+        data["section"] = straggler.section
     return data

@@ -13,15 +13,18 @@ import shlex
 from chaos.scenario.document import Fields, Invalid, Node, Value, clip, join
 from chaos.scenario.fault_rules import Context, build_faults, signal_name
 from chaos.scenario.schema import (
+    INJECTED,
     LAUNCHERS,
     RDZV_BACKENDS,
     RESTART_REASONS,
     TOPOLOGY_BACKENDS,
     Expectations,
+    Fault,
     HangExpectation,
     IntRange,
     RootCause,
     Scenario,
+    StragglerExpectation,
     Topology,
     Workload,
 )
@@ -38,9 +41,12 @@ WORKLOAD_KEYS = ("script", "steps", "step_s", "checkpoint_every", "args")
 EXPECT_KEYS = (
     "outcome", "failure_reason", "restarts", "restarts_by_reason", "uncharged_scale_events",
     "final_world_size", "rank_invariants", "root_cause", "max_lost_steps", "detect_within_s",
-    "recover_within_s", "hang", "hygiene",
+    "recover_within_s", "hang", "straggler", "hygiene",
 )  # fmt: skip
 HANG_KEYS = ("culprits", "detect_within_s", "dumps", "count")
+STRAGGLER_KEYS = ("ranks", "section")
+ANY = "any"  # `culprits: any`: not checked (where a hang_worker fault would default it)
+NONE = "none"  # `straggler: none`: no straggler report at all
 ROOT_CAUSE_KEYS = ("rank", "node", "exit_code", "signal")
 OUTCOMES = ("succeeded", "failed")
 ETCD_MEMBERS = (1, 3, 5)
@@ -85,7 +91,7 @@ def build_scenario(root: Node, *, source: str, backend: str | None = None) -> Sc
     workload = build_workload(_section(top, "workload", WORKLOAD_KEYS))
     ctx = Context(topology=topology, workload=workload, timeout_s=timeout_s)
     faults = build_faults(top.get("faults"), ctx)
-    expect = build_expect(_section(top, "expect", EXPECT_KEYS), ctx)
+    expect = build_expect(_section(top, "expect", EXPECT_KEYS), ctx, faults)
     return Scenario(
         name=name, description=description, seed=seed, timeout_s=timeout_s, launcher=launcher,
         topology=topology, workload=workload, faults=faults, expect=expect, source=source,
@@ -208,7 +214,7 @@ def build_workload(f: Fields) -> Workload:
     return Workload(script=script, steps=steps, step_s=step_s, checkpoint_every=every, args=args)
 
 
-def build_expect(f: Fields, ctx: Context) -> Expectations:
+def build_expect(f: Fields, ctx: Context, faults: tuple[Fault, ...] = ()) -> Expectations:
     topo = ctx.topology
     outcome = v.choice(OUTCOMES) if (v := f.get("outcome")) else "succeeded"
     failure_reason = None
@@ -237,7 +243,12 @@ def build_expect(f: Fields, ctx: Context) -> Expectations:
     for key in ("detect_within_s", "recover_within_s"):
         v = f.get(key)
         within[key] = None if v is None else v.number(low=0.0, above=True, high=MAX_TIMEOUT_S)
-    hang = _hang(v, ctx) if (v := f.get("hang")) is not None else None
+    hung = any(fault.kind == "hang_worker" for fault in faults)
+    hang = _hang(v, ctx, hung=hung) if (v := f.get("hang")) is not None else None
+    straggler = None
+    if (v := f.get("straggler")) is not None:
+        slowed = any(fault.kind == "slow_worker" for fault in faults)
+        straggler = _straggler(v, ctx, slowed=slowed)
     flags = {
         key: v.boolean() if (v := f.get(key)) is not None else True
         for key in ("uncharged_scale_events", "rank_invariants", "hygiene")
@@ -248,7 +259,8 @@ def build_expect(f: Fields, ctx: Context) -> Expectations:
         root_cause=root_cause, max_lost_steps=max_lost,
         detect_within_s=within["detect_within_s"], recover_within_s=within["recover_within_s"],
         uncharged_scale_events=flags["uncharged_scale_events"],
-        rank_invariants=flags["rank_invariants"], hang=hang, hygiene=flags["hygiene"],
+        rank_invariants=flags["rank_invariants"], hang=hang, straggler=straggler,
+        hygiene=flags["hygiene"],
     )  # fmt: skip
 
 
@@ -272,24 +284,67 @@ def int_range(value: Value) -> IntRange:
     return IntRange(low=low, high=high)
 
 
-def _hang(value: Value, ctx: Context) -> HangExpectation:
+def _ranks(value: Value, ctx: Context, what: str) -> tuple[int, ...]:
+    ranks: list[int] = []
+    why = f" (the largest world is {ctx.max_world})"
+    for item in value.items(what=what):
+        rank = item.integer(low=0, high=ctx.max_world - 1, what="a global rank", why=why)
+        if rank in ranks:
+            item.error(f"rank {rank} is listed twice")
+        ranks.append(rank)
+    return tuple(sorted(ranks))  # the launcher reports them sorted
+
+
+def _injected(value: Value, *, words: tuple[str, ...], kind: str, present: bool) -> str | None:
+    """One of `words` written as text (None when the value is not text); `injected` needs a
+    fault of `kind` to take the ranks from."""
+    if value.node.kind != "scalar" or not isinstance(value.node.value, str):
+        return None
+    word = value.choice(words, what="a list of global ranks, or one of")
+    if word == INJECTED and not present:
+        value.error(f"'injected' names the ranks of the scenario's {kind} faults; it has none")
+    return word
+
+
+def _hang(value: Value, ctx: Context, *, hung: bool = False) -> HangExpectation:
     f = value.fields(HANG_KEYS, what="a mapping with culprits, detect_within_s, dumps or count")
-    culprits = None
+    # A hang_worker fault says whom to blame: check that unless the scenario says otherwise.
+    culprits: tuple[int, ...] | str | None = INJECTED if hung else None
     if (v := f.get("culprits")) is not None:
-        ranks: list[int] = []
-        why = f" (the largest world is {ctx.max_world})"
-        for item in v.items(what="a list of global ranks ([] for 'culprit unknown')"):
-            rank = item.integer(low=0, high=ctx.max_world - 1, what="a global rank", why=why)
-            if rank in ranks:
-                item.error(f"rank {rank} is listed twice")
-            ranks.append(rank)
-        culprits = tuple(sorted(ranks))  # the launcher reports them sorted
+        word = _injected(v, words=(INJECTED, ANY), kind="hang_worker", present=hung)
+        if word is not None:
+            culprits = None if word == ANY else word
+        else:
+            culprits = _ranks(v, ctx, "a list of global ranks ([] for 'culprit unknown')")
     within = None
     if (v := f.get("detect_within_s")) is not None:
         within = v.number(low=0.0, above=True, high=MAX_TIMEOUT_S)
     dumps = v.boolean() if (v := f.get("dumps")) is not None else True
     count = int_range(v) if (v := f.get("count")) is not None else IntRange(low=1, high=1)
     return HangExpectation(culprits=culprits, detect_within_s=within, dumps=dumps, count=count)
+
+
+def _straggler(value: Value, ctx: Context, *, slowed: bool = False) -> StragglerExpectation:
+    """`none`, or `{ranks: [..] | injected, section: NAME}` (ranks default: injected when a
+    slow_worker fault is there)."""
+    expected = "'none' or a mapping with ranks (a list, or 'injected') and section"
+    if value.node.kind == "scalar":
+        if value.node.value != NONE:
+            value.fail(expected)
+        return StragglerExpectation(ranks=())
+    f = value.fields(STRAGGLER_KEYS, what=expected)
+    ranks: tuple[int, ...] | str
+    if (v := f.get("ranks")) is None:
+        if not slowed:
+            raise Invalid(
+                f.line, join(f.path, "ranks"), "missing; without a slow_worker fault, list them"
+            )
+        ranks = INJECTED
+    else:
+        word = _injected(v, words=(INJECTED,), kind="slow_worker", present=slowed)
+        ranks = word if word is not None else _ranks(v, ctx, "a list of global ranks")
+    section = v.text(what="a section name") if (v := f.get("section")) is not None else None
+    return StragglerExpectation(ranks=ranks, section=section)
 
 
 def _root_cause(value: Value, ctx: Context) -> RootCause:

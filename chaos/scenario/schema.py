@@ -21,10 +21,20 @@ FAULT_KINDS = (
     "kill_etcd_member",  # target: member index or "leader"
     "toxic",  # target: node; a Toxiproxy toxic on its link to the store for `duration_s`
     "slow_link",  # target: node; its egress limited to `rate` (tc tbf); needs netns or docker
+    "hang_worker",  # target: rank (or node + local_rank); the rank stops making progress
+    "slow_worker",  # target: rank (or node + local_rank); the rank runs `factor` times slower
 )
 TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
 # How a partition cuts: "drop" packets silently, or "reject" TCP with a reset at once.
 PARTITION_MODES = ("drop", "reject")
+# How a hang_worker hangs its rank: in the workload (sleep, skip_collective, deadlock, gil:
+# an order in the control dir) or from outside (sigstop: SIGSTOP until released).
+HANG_MODES = ("sleep", "sigstop", "skip_collective", "deadlock", "gil")
+# How a slow_worker slows its rank: the workload's compute section (compute), a SIGSTOP/SIGCONT
+# duty cycle from outside (sigstop), or a CPU quota on the node's container (cpu_quota).
+SLOW_MODES = ("compute", "sigstop", "cpu_quota")
+# The mode a fault kind takes when none is given.
+DEFAULT_MODES = {"partition": "drop", "hang_worker": "sleep", "slow_worker": "compute"}
 # Why a round formed (the launcher's `group.restart` reason, docs/event-log.md): the keys of
 # expect.restarts_by_reason. "initial" is not a restart.
 RESTART_REASONS = ("worker_failure", "hang", "scale_up", "node_lost", "node_left", "closer_lost")
@@ -74,10 +84,13 @@ class Fault:
     signal: str = "SIGKILL"  # kill_worker / kill_agent
     exit_code: int | None = None  # kill_worker: make the worker exit with this code instead
     exception: str | None = None  # kill_worker: make the worker raise this (message)
-    duration_s: float | None = None  # pause_node, partition: heal after this long
+    duration_s: float | None = None  # pause_node, partition, hang/slow_worker: heal after this
     groups: tuple[tuple[int, ...], ...] = ()  # partition: node groups cut from each other
     from_store: bool = False  # partition: cut `node` from the store only
-    mode: str = "drop"  # partition: one of PARTITION_MODES
+    mode: str = "drop"  # partition: PARTITION_MODES; hang_worker: HANG_MODES; slow_worker: ...
+    factor: float | None = None  # slow_worker: how many times slower (> 1)
+    steps: tuple[int, int] | None = None  # slow_worker compute: the steps slowed, a..b
+    period_s: float | None = None  # slow_worker sigstop: one stop + run cycle
     member: str | None = None  # kill_etcd_member: index or "leader"
     toxic: str | None = None  # toxic: the Toxiproxy toxic type (latency, reset_peer, ...)
     attributes: tuple[tuple[str, int], ...] = ()  # toxic: its attributes (Toxiproxy's units)
@@ -106,16 +119,33 @@ class RootCause:
     signal: str | None = None
 
 
+# `culprits: injected`, `ranks: injected`: the ranks the run's faults hit, read from the
+# history's fault.fire records when judged (a `rank: random` is drawn by the schedule).
+INJECTED = "injected"
+
+
 @dataclass(frozen=True, kw_only=True)
 class HangExpectation:
     """What the launcher must have done about a hang (judged by chaos/checkers/hangs.py)."""
 
-    culprits: tuple[int, ...] | None = None  # global ranks blamed; (): "culprit unknown"
+    # Global ranks blamed; (): "culprit unknown"; INJECTED: the ranks hang_worker faults hung
+    # (the default when the scenario has one); None: not checked.
+    culprits: tuple[int, ...] | str | None = None
     # seconds_since_progress - timeout_s of the incident: how late past its deadline.
     detect_within_s: float | None = None
     dumps: bool = True  # every rank of the hung round, on every node, has an ok dump
     # Originating incidents (source progress or file_timer), not the peers' echoes.
     count: IntRange = field(default_factory=lambda: IntRange(low=1, high=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StragglerExpectation:
+    """Which ranks the launcher must report as stragglers (chaos/checkers/stragglers.py)."""
+
+    # Exactly these global ranks are reported, no other; (): no report at all (`none`);
+    # INJECTED: the ranks slow_worker faults slowed.
+    ranks: tuple[int, ...] | str = ()
+    section: str | None = None  # the section named in the reports (None: any)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +162,7 @@ class Expectations:
     detect_within_s: float | None = None
     recover_within_s: float | None = None
     hang: HangExpectation | None = None
+    straggler: StragglerExpectation | None = None
     hygiene: bool = True  # no process of the job left, no port left bound
 
 

@@ -150,6 +150,9 @@ class DockerTopology(LocalTopology):
         self.addr_of(0)  # draws the subnet if up() has not yet
         return f"10.214.{self.subnet_k}.{ETCD_HOST_BASE + index}"
 
+    def container_name(self, index: int) -> str:  # also what slow_worker cpu_quota updates
+        return f"{self.prefix}-n{index}"
+
     def net_exec(self, index: int) -> list[str]:
         """The command prefix that runs a command in node `index`'s network namespace."""
         ctr = self._ctrs.get(index)
@@ -221,7 +224,7 @@ class DockerTopology(LocalTopology):
         if argv[0] == sys.executable:  # ft_launcher's own venv script keeps its path
             argv[0] = self._image.python
         command = node_shell.command(argv)
-        api, name = self.client.api, f"{self.prefix}-n{index}"
+        api, name = self.client.api, self.container_name(index)
         host_config = api.create_host_config(
             binds=self._image.binds(REPO_ROOT, self.run_dir),
             init=True,  # docker-init reaps what the agent orphans

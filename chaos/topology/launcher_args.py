@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Every launcher extension takes a value (`--event-log` is the harness's own flag).
-EXTENSION_FLAGS = ("--restart-grace", "--containment", "--hang-timeout", "--hang-dump")
+EXTENSION_FLAGS = (
+    "--restart-grace", "--containment", "--hang-timeout", "--hang-dump", "--straggler-window",
+)  # fmt: skip
 
 
 def without_extensions(args: Sequence[str]) -> list[str]:

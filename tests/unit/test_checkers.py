@@ -433,10 +433,11 @@ def test_verdict_rejects_a_bad_status_and_keeps_summaries_on_one_line() -> None:
 
 
 def test_default_checkers_have_distinct_names() -> None:
-    # `hang` runs only with expect.hang (tests/unit/test_hang_checker.py), so the kill-worker
-    # story's ALL_NAMES lacks it.
+    # `hang` and `straggler` run only when expected (tests/unit/test_hang_checker.py,
+    # test_straggler_checker.py), so the kill-worker
+    # story's ALL_NAMES lacks them.
     names = [c.name for c in default_checkers()]
-    assert names == [*ALL_NAMES[:-1], "hang", "hygiene"]
+    assert names == [*ALL_NAMES[:-1], "hang", "straggler", "hygiene"]
     assert len(set(names)) == len(names)
 
 

@@ -10,7 +10,14 @@ from typing import Any
 from chaos.checkers import FAIL, PASS, UNKNOWN, default_checkers, run_checkers
 from chaos.checkers.hangs import HangChecker, incidents
 from chaos.history import History
-from chaos.scenario.schema import Expectations, HangExpectation, IntRange, Scenario, Topology
+from chaos.scenario.schema import (
+    INJECTED,
+    Expectations,
+    HangExpectation,
+    IntRange,
+    Scenario,
+    Topology,
+)
 from launcher import events as ev
 
 T0 = 1_800_000_000.0
@@ -291,3 +298,23 @@ def test_blame_is_the_union_of_every_node_for_the_round() -> None:
     # Blame in another round does not count for this one.
     elsewhere = [*without(pairs, ev.HANG_ATTRIBUTED, culprits=[3]), blamed(1, 3.0, [3], rnd=7)]
     assert judge(elsewhere).status == FAIL
+
+
+# -- culprits: injected (the rank a hang_worker fault hung, from its fault.fire) --------------
+def _fired(pairs: list[tuple[int, ev.Event]], *dids: dict[str, Any]) -> History:
+    records = tuple(
+        {"kind": "fault.fire", "t": 9.0, "wall": T0 + 9.0, "fault": i, "fault_kind": kind, "did": d}
+        for i, (kind, d) in enumerate(("hang_worker", d) for d in dids)
+    )
+    return replace(history(pairs), records=records)
+
+
+def test_injected_culprits_come_from_the_fault_that_fired() -> None:
+    s = scenario(culprits=INJECTED)
+    assert HangChecker().check(_fired(story(), {"rank": 3, "mode": "sleep"}), s).status == PASS
+    v = HangChecker().check(_fired(story(), {"rank": 2, "mode": "sigstop"}), s)
+    assert v.status == FAIL and "blamed [3], expected [2]" in v.summary, v
+    assert "hang_worker faults hung rank(s) [2]" in v.evidence
+    # A fault that hit nobody cannot say whom to blame: that is a failure, not a pass.
+    v = HangChecker().check(_fired(story(), {"skipped": "no worker with rank 3"}), s)
+    assert v.status == FAIL and "no hang_worker fault hung a rank" in v.summary, v
