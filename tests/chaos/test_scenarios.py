@@ -38,6 +38,10 @@ CI_BACKENDS = {
     "hung_worker_gil": ("local", "docker"),
     "straggler": ("local", "docker"),
     "steady_state": ("local", "docker"),
+    # The store-link proxy runs as a thread on local and as a process in the node's network
+    # namespace on netns and docker (the same code; docker adds the shell's wait for it).
+    "store_latency": ("local", "netns"),
+    "store_resets": ("local", "docker"),
 }
 
 
@@ -48,7 +52,7 @@ def runs_on(scenario: Scenario, backend: str) -> bool:
     if any(f.kind == "slow_worker" and f.mode == "cpu_quota" for f in scenario.faults):
         return backend == "docker"  # a CPU quota on the node's container
     if backend == "local":
-        return all(f.kind != "partition" for f in scenario.faults)
+        return all(f.kind not in ("partition", "slow_link") for f in scenario.faults)
     return True  # netns, docker: every fault kind, c10d or etcd
 
 
