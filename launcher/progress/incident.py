@@ -165,14 +165,16 @@ def _blame(
             evidence=tuple(proof),
         )
     verdict = blame(proof)
-    if verdict.culprits:
-        return verdict
-    # Every rank equally stale: the ranks wait for each other. The one that is not waiting
-    # inside a collective is holding the rest up.
     stacks = {rank: f for rank, f in frames.items() if f}
     waiting = {
         rank for rank, f in stacks.items() if any(m in frame for frame in f for m in _COLLECTIVE)
     } | set(timed_out)  # ranks that already failed waiting for a peer waited in one too
+    if verdict.culprits and verdict.by.startswith("step"):
+        return _mismatch(verdict, proof, waiting) or verdict
+    if verdict.culprits:
+        return verdict
+    # Every rank equally stale: the ranks wait for each other. The one that is not waiting
+    # inside a collective is holding the rest up.
     outside = sorted(set(stacks) - waiting)
     if not waiting or not outside:
         return verdict
@@ -184,6 +186,27 @@ def _blame(
             f"{_ranks(outside)} outside any collective (in {where}) "
             f"while {_ranks(sorted(waiting))} "
             f"{'wait' if len(waiting) > 1 else 'waits'} in one"
+        ),
+        evidence=verdict.evidence,
+    )
+
+
+def _mismatch(verdict: Blame, proof: Sequence[RankEvidence], waiting: set[int]) -> Blame | None:
+    """Ranks at different steps, every one of them waiting in a collective: the ranks behind
+    are not stuck in their own work, they wait for a collective that the ranks ahead skipped
+    (or called once more) and never join. Those ranks ahead are the culprits."""
+    ranks = {e.rank for e in proof}
+    if not ranks or not ranks <= waiting:
+        return None
+    ahead = sorted(ranks - set(verdict.culprits))
+    if not ahead:
+        return None
+    return Blame(
+        culprits=tuple(ahead),
+        by="stack",
+        reason=(
+            f"{_ranks(ahead)} went on to a later collective while {_ranks(verdict.culprits)} "
+            "still wait in an earlier one (a collective skipped or called out of order)"
         ),
         evidence=verdict.evidence,
     )

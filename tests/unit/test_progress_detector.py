@@ -246,3 +246,23 @@ def test_evidence_from_a_snapshot() -> None:
         rank=3, node="n1", step=7, beats=8, seconds_since_progress=8.0, state="D"
     )
     assert evidence(4, None, now=20.0).seconds_since_progress is None
+
+
+def test_a_skipped_collective_blames_the_rank_that_went_ahead() -> None:
+    """Rank 3 skipped one all_reduce: it waits in the next step's (DDP's, in backward) while
+    ranks 0-2 wait at step 42 in the one it skipped. Lowest step would blame the victims."""
+    from launcher.progress.incident import _blame
+    from launcher.progress.watch import Incident
+
+    proof = [ev(0), ev(1), ev(2), ev(3, step=43)]
+    in_reduce = ["all_reduce (torch/distributed/distributed_c10d.py:2900)", "main (train.py:9)"]
+    in_backward = ["_engine_run_backward (torch/autograd/graph.py:829)", "main (train.py:7)"]
+    frames = {0: in_reduce, 1: in_reduce, 2: in_reduce, 3: in_backward}
+    hang = Incident(source="progress", rank=0, pid=1)
+    verdict = _blame(hang, proof, frames, timed_out=[])
+    assert (verdict.culprits, verdict.by) == ((3,), "stack"), verdict
+    assert "rank 3 went on to a later collective while ranks 0, 1, 2" in verdict.reason
+    # The rank behind stuck in its own code (not in a collective) is still the one to blame.
+    frames[2] = ["chaos_hang (train.py:20)", "main (train.py:5)"]
+    proof[2] = ev(2, step=41)
+    assert _blame(hang, proof, frames, timed_out=[]).culprits == (2,)
