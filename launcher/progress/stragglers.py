@@ -6,10 +6,16 @@ does differ. Two stages, so that several nodes can be combined without torch or 
 
     every agent     SectionSampler: each poll turns a rank's cumulative section counters into
                     one sample (mean duration since the last poll); each window (default 60 s,
-                    as NVRx) gives one RankMedian per rank and section: small, serialisable
-    one place       StragglerTracker: all nodes' medians for a window -> per section, score =
-                    fastest rank's median / this rank's median; a rank scoring below 0.75 for
-                    3 consecutive windows is a straggler (hysteresis against one noisy window)
+                    as NVRx) gives one RankMedian per rank and section (the samples' median,
+                    and the window's mean: its section time over its section count): small,
+                    serialisable
+    one place       StragglerTracker: all nodes' windows -> per section, score = fastest rank's
+                    mean / this rank's mean; a rank scoring below 0.75 for 3 consecutive
+                    windows is a straggler (hysteresis against one noisy window)
+
+The score uses the window's mean, not the median of its samples: a rank that is slow now and
+then (stopped a third of the time, a duty cycle) has fast samples in the majority, so its
+median looks healthy while it delivers a third of its peers' throughput.
 
 A window in which a rank has fewer than `min_samples` samples for a section does not score it
 and breaks its streak, so a rank that barely ran is never called slow on thin evidence.
@@ -62,11 +68,16 @@ class RankMedian:
     section: str
     median_s: float
     samples: int
+    mean_s: float = -1.0  # the window's time / count; -1: not sent (an older agent): the median
+
+    @property
+    def score_s(self) -> float:
+        return self.mean_s if self.mean_s >= 0 else self.median_s
 
 
 def encode_medians(medians: Sequence[RankMedian]) -> str:
     """One node's window, as it travels through the rendezvous store to the scorer."""
-    rows = [[m.rank, m.node, m.section, m.median_s, m.samples] for m in medians]
+    rows = [[m.rank, m.node, m.section, m.median_s, m.samples, m.mean_s] for m in medians]
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -81,8 +92,9 @@ def decode_medians(payload: str) -> list[RankMedian]:
                 section=str(section),
                 median_s=float(median_s),
                 samples=int(samples),
+                mean_s=float(mean_s[0]) if mean_s else -1.0,
             )
-            for rank, node, section, median_s, samples in json.loads(payload)
+            for rank, node, section, median_s, samples, *mean_s in json.loads(payload)
         ]
     except (ValueError, TypeError):
         return []
@@ -95,6 +107,7 @@ class SectionSampler:
         self.node = node
         self._last: dict[tuple[int, str], tuple[int, float]] = {}  # (count, total_s) seen
         self._samples: dict[tuple[int, str], list[float]] = {}
+        self._sums: dict[tuple[int, str], tuple[int, float]] = {}  # this window's (calls, s)
 
     def observe(self, rank: int, sections: Iterable[SectionStats]) -> None:
         for stats in sections:
@@ -105,10 +118,12 @@ class SectionSampler:
             if calls <= 0 or stats.total_s < total_s:
                 continue  # nothing new, or a restarted worker's counters began again
             self._samples.setdefault(key, []).append((stats.total_s - total_s) / calls)
+            n, spent = self._sums.get(key, (0, 0.0))
+            self._sums[key] = (n + calls, spent + stats.total_s - total_s)
 
     def forget(self, rank: int) -> None:
         """The rank's worker is gone; its successor's counters start from zero."""
-        for table in (self._last, self._samples):
+        for table in (self._last, self._samples, self._sums):
             for key in [key for key in table if key[0] == rank]:
                 del table[key]
 
@@ -120,10 +135,12 @@ class SectionSampler:
                 section=name,
                 median_s=statistics.median(samples),
                 samples=len(samples),
+                mean_s=self._sums[(rank, name)][1] / self._sums[(rank, name)][0],
             )
             for (rank, name), samples in sorted(self._samples.items())
         )
         self._samples.clear()
+        self._sums.clear()
         return medians
 
 
@@ -132,9 +149,10 @@ class StragglerDetected:
     rank: int
     node: str | None
     section: str
-    score: float  # fastest_s / median_s, in (0, 1]
-    median_s: float
-    fastest_s: float
+    score: float  # fastest_s / mean_s, in (0, 1]
+    median_s: float  # the median of the window's samples (per-poll means)
+    mean_s: float  # the window's section time / section count: what is scored
+    fastest_s: float  # the fastest rank's mean
     windows: int  # consecutive windows below the threshold, this one included
 
 
@@ -178,8 +196,8 @@ class StragglerTracker:
         for name, rows in sorted(by_section.items()):
             if len(rows) < 2:
                 continue  # a lone rank has nobody to be slower than
-            fastest = min(rows, key=lambda row: (row.median_s, row.rank))
-            scores = [(row, _score(fastest.median_s, row.median_s)) for row in rows]
+            fastest = min(rows, key=lambda row: (row.score_s, row.rank))
+            scores = [(row, _score(fastest.score_s, row.score_s)) for row in rows]
             for row, score in scores:
                 if score >= self.policy.threshold:
                     continue
@@ -193,7 +211,8 @@ class StragglerTracker:
                             section=name,
                             score=score,
                             median_s=row.median_s,
-                            fastest_s=fastest.median_s,
+                            mean_s=row.score_s,
+                            fastest_s=fastest.score_s,
                             windows=streaks[key],
                         )
                     )
@@ -216,7 +235,7 @@ def _summary(
     scores: Sequence[tuple[RankMedian, float]],
     top_k: int,
 ) -> SectionStatsSummary:
-    values = [row.median_s for row, _ in scores]
+    values = [row.score_s for row, _ in scores]
     slowest = sorted(scores, key=lambda pair: (pair[1], pair[0].rank))[:top_k]
     return SectionStatsSummary(
         section=name,

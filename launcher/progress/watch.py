@@ -283,6 +283,7 @@ class ProgressWatch:
                 section=slow.section,
                 score=round(slow.score, 3),
                 median_s=slow.median_s,
+                mean_s=slow.mean_s,
                 fastest_s=slow.fastest_s,
                 windows=slow.windows,
             )
