@@ -11,7 +11,7 @@ import re
 import shlex
 
 from chaos.scenario.document import Fields, Invalid, Node, Value, clip, join
-from chaos.scenario.fault_rules import Context, build_faults, signal_name
+from chaos.scenario.fault_rules import build_faults, signal_name
 from chaos.scenario.schema import (
     INJECTED,
     LAUNCHERS,
@@ -28,6 +28,7 @@ from chaos.scenario.schema import (
     Topology,
     Workload,
 )
+from chaos.scenario.trigger_rules import Context
 
 TOP_KEYS = (
     "name", "description", "seed", "timeout_s", "launcher", "topology", "workload", "faults",
