@@ -45,7 +45,8 @@ NODE_LOSS_BUDGET_S = 60.0
 SCALE_UP_BUDGET_S = 45.0
 READY_GRACE_S = 10.0  # after a re-formed group's first lines: time to its first all_reduce
 FAULT_CONF = ["--rdzv-conf", "last_call_timeout=1"]
-START_TARGET_RATIO = 1.0  # not slower than torchrun (no start target was set)
+START_TARGET_RATIO = 0.5  # issue 11: half of torchrun's start time at 2, 4 and 8 agents
+RSS_TARGET_MIB = 30.0  # issue 11: a multi-node agent's peak RSS (VmHWM), ours only
 
 
 def _addr(index: int) -> str:
@@ -59,6 +60,15 @@ def _listening(port: int) -> bool:
                 if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
                     return True
     return False
+
+
+def _hwm_mib(pid: int) -> float | None:
+    """VmHWM (peak RSS) of a live process in MiB; None if it is gone."""
+    with contextlib.suppress(OSError):
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1]) / 1024
+    return None
 
 
 def _stat(pid: int) -> list[str]:
@@ -244,6 +254,7 @@ class Sample:
     value: float  # seconds; math.inf: it never happened within the budget
     notes: list[str] = field(default_factory=list)
     breakdown: dict[str, list[float]] = field(default_factory=dict)
+    rss_mib: float | None = None  # start cases: the largest agent's VmHWM once all started
 
 
 def start_time(scratch: Path, tool: str, nodes: int) -> Sample:
@@ -255,6 +266,9 @@ def start_time(scratch: Path, tool: str, nodes: int) -> Sample:
         if done is None:
             raise job.error(f"not all {nodes} workers started")
         sample = Sample(done - t0, breakdown=job.breakdown(t0, nodes))
+        # The agents themselves (the pids the bench started), not their workers.
+        peaks = [_hwm_mib(proc.pid) for proc in job.agents.values()]
+        sample.rss_mib = max((p for p in peaks if p is not None), default=None)
         if tool == OURS:
             sample.notes.append(f"events: {_fmt_breakdown(sample.breakdown)}")
         return sample
@@ -348,6 +362,8 @@ def summarize(case: Case, samples: dict[str, list[Sample]]) -> dict[str, Any]:
         res[tool] = {"median": statistics.median(values), "min": min(values)}
         res[tool].update(samples=values, notes=[s.notes for s in runs])
         res[tool]["breakdown"] = [s.breakdown for s in runs]
+        peaks = [s.rss_mib for s in runs if s.rss_mib is not None]
+        res[tool]["rss_mib"] = statistics.median(peaks) if peaks else None
     ours = res[OURS]["median"]
     theirs = res[THEIRS]["median"] if THEIRS in res else None
     ratio, shown = None, "-"
@@ -364,7 +380,25 @@ def summarize(case: Case, samples: dict[str, list[Sample]]) -> dict[str, Any]:
         target = f"<={case.target_ratio:.2f}"
     res.update(ratio=ratio, ratio_shown=shown, target=target, target_ratio=case.target_ratio)
     res.update({"target_s": case.target_s, "pass": passed})
+    if case.name == "start":
+        rss = res[OURS]["rss_mib"]
+        res["rss_pass"] = None if rss is None else rss <= RSS_TARGET_MIB
     return res
+
+
+def print_rss(results: dict[str, dict[str, Any]]) -> None:
+    rows = [res for res in results.values() if "rss_pass" in res]
+    if not rows:
+        return
+    print(f"\n{'agent peak RSS (largest VmHWM)':<34} {OURS:>12} {THEIRS:>12} {'target':>9}  result")
+    for res in rows:
+        cells = [
+            "-" if res.get(tool, {}).get("rss_mib") is None else f"{res[tool]['rss_mib']:.1f} MiB"
+            for tool in (OURS, THEIRS)
+        ]
+        verdict = {True: "PASS", False: "FAIL", None: "-"}[res["rss_pass"]]
+        target = f"<={RSS_TARGET_MIB:g} MiB"
+        print(f"{res['title']:<34} {cells[0]:>12} {cells[1]:>12} {target:>9}  {verdict}")
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -433,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     results = {c.title: summarize(c, samples[c.title]) for c in chosen}
     print_table(results)
+    print_rss(results)
     report = {
         "benchmark": "multi_node", "created_unix": started, "duration_s": time.time() - started,
         "reps": args.reps, "fault_reps": args.fault_reps, "interleaved": True, "warmup_runs": 1,
@@ -444,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # never: null
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON written to {args.json}")
-    return 1 if any(res["pass"] is False for res in results.values()) else 0
+    missed = [res for res in results.values() if False in (res["pass"], res.get("rss_pass"))]
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
