@@ -6,6 +6,7 @@ Layering (a module may import only from layers below it):
     agent          the per-node loop: rendezvous, start workers, monitor, restart
     rendezvous/    who is in the job and with which ranks (pure core + store backends)
     workers/       spawning, stopping and logging worker processes
+    tcpstore/      torch's TCPStore wire protocol: server and client, standard library only
     failures/      error files, the `record` decorator, the failure summary
     config events errors   plain data shared by all of the above
 

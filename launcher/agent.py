@@ -45,6 +45,7 @@ from launcher.progress.stragglers import StragglerPolicy
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
+from launcher.tcpstore.server import StoreServer
 from launcher.workers.containment import guarded
 from launcher.workers.env import (
     RoundContext,
@@ -170,7 +171,11 @@ class Agent:
     # -- the loop --------------------------------------------------------------------------
     def _loop(self) -> AgentResult:
         self._rendezvous = rdzv = create_rendezvous(
-            self.config, node_id=self.node_id, interrupt_fd=self.inbox.read_fd, events=self.events
+            self.config,
+            node_id=self.node_id,
+            interrupt_fd=self.inbox.read_fd,
+            serve_store=StoreServer,  # the workers' bootstrap store (see its docstring)
+            events=self.events,
         )
         wake = rdzv.wakeup_fd()
         if wake is not None:

@@ -2,10 +2,17 @@
 
 `create_rendezvous(config)` picks the backend by name and imports it lazily, so the
 single-node path never imports torch or an etcd client.
+
+The node that serves the workers' bootstrap store (MASTER_ADDR:MASTER_PORT) binds its socket
+here, before the round forms, so the port is known to every member; the server that answers
+on it comes from the agent (`serve_store`), so this package starts no server of its own for
+the workers and knows nothing of them.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +40,22 @@ class RoundInfo:
     budget_spent: bool  # the restart budget is exhausted: stop, do not start workers
     detail: str = ""  # what caused the round (the failing worker, the lost node)
     members: tuple[str, ...] = ()
+
+
+class WorkersStore(Protocol):
+    """The workers' bootstrap store, served on a listening socket the rendezvous bound."""
+
+    def start(self) -> None: ...
+
+    def reset(self) -> None:
+        """Drop every key and connection: the next worker group starts from nothing."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+# Makes (does not start) the workers' store on a bound, listening socket it then owns.
+ServeStore = Callable[[socket.socket], WorkersStore]
 
 
 class Rendezvous(Protocol):
@@ -83,12 +106,23 @@ class Rendezvous(Protocol):
 
 
 def create_rendezvous(
-    config: LaunchConfig, *, node_id: str, interrupt_fd: int, events: EventSink | None = None
+    config: LaunchConfig,
+    *,
+    node_id: str,
+    interrupt_fd: int,
+    serve_store: ServeStore,
+    events: EventSink | None = None,
 ) -> Rendezvous:
     if (config.max_nodes == 1 and config.rdzv_backend in ("static", "memory")) or config.standalone:
         from launcher.rendezvous.local import LocalRendezvous
 
-        return LocalRendezvous(config, node_id=node_id)
+        return LocalRendezvous(config, node_id=node_id, serve_store=serve_store)
     from launcher.rendezvous.dynamic import DynamicRendezvous
 
-    return DynamicRendezvous(config, node_id=node_id, interrupt_fd=interrupt_fd, events=events)
+    return DynamicRendezvous(
+        config,
+        node_id=node_id,
+        interrupt_fd=interrupt_fd,
+        serve_store=serve_store,
+        events=events,
+    )

@@ -22,7 +22,7 @@ from typing import TypeVar
 from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import RendezvousConnectionError, RendezvousTimeoutError
-from launcher.rendezvous import RoundInfo
+from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore
 from launcher.rendezvous.backends import open_store
 from launcher.rendezvous.driver import Driver, Interrupted, first_line
 from launcher.rendezvous.health import StoreHealth
@@ -52,7 +52,6 @@ from launcher.rendezvous.state import (
     report_failure,
     retire,
 )
-from launcher.workers.agent_store import AgentStoreServer
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,11 @@ class DynamicRendezvous:
         *,
         node_id: str,
         interrupt_fd: int,
+        serve_store: ServeStore,
         events: ev.EventSink | None = None,
     ) -> None:
         self._config = config
+        self._serve_store = serve_store
         opts = config.rdzv
         self.params = Params(
             run_id=config.run_id,
@@ -104,7 +105,7 @@ class DynamicRendezvous:
         self._retry_at = 0.0  # check() backs off until then after a failed check
         self._hb_store = factory()
         self.assignment: Assignment | None = None
-        self._server: AgentStoreServer | None = None
+        self._server: WorkersStore | None = None
         self._lock = threading.Lock()
         self._watch: WatchState | None = None
         self._news: str | None = None
@@ -382,7 +383,7 @@ class DynamicRendezvous:
             self._server.stop()
             self._server = None
         if a.group_rank == 0:
-            self._server = AgentStoreServer(listener)
+            self._server = self._serve_store(listener)
             self._server.start()
         else:
             listener.close()

@@ -2,9 +2,8 @@
 mode) and single-node static (`--master-port`).
 
 The agent hosts the workers' bootstrap store itself (TORCHELASTIC_USE_AGENT_STORE=True,
-as under torchrun) on a socket it binds first, so the port is reserved before any worker
-exists and stays the same across restarts. No torch import: the store speaks TCPStore's
-wire protocol from the standard library.
+as under torchrun) on a socket bound here first, so the port is reserved before any worker
+exists and stays the same across restarts; the server on it is the agent's (`serve_store`).
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import socket
 
 from launcher.config import LaunchConfig
 from launcher.errors import ConfigError
-from launcher.rendezvous import RoundInfo
-from launcher.workers.agent_store import AgentStoreServer
+from launcher.rendezvous import RoundInfo, ServeStore
 
 
 def _bind_address(master_addr: str) -> str:
@@ -50,7 +48,7 @@ def bind_listener(master_addr: str, port: int, *, flag: str) -> socket.socket:
 
 
 class LocalRendezvous:
-    def __init__(self, config: LaunchConfig, *, node_id: str) -> None:
+    def __init__(self, config: LaunchConfig, *, node_id: str, serve_store: ServeStore) -> None:
         self._config = config
         self._node_id = node_id
         if config.standalone:
@@ -60,7 +58,7 @@ class LocalRendezvous:
             self.master_addr = config.rdzv_host
             listener = bind_listener(self.master_addr, config.rdzv_port or 0, flag="--master-port")
         self.master_port = int(listener.getsockname()[1])
-        self._store = AgentStoreServer(listener)
+        self._store = serve_store(listener)
         self._store.start()
         self._round = -1
         self._restart_count = 0

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from launcher.workers.agent_store import AgentStoreServer
-from launcher.workers.agent_store_protocol import VALIDATION_MAGIC, QueryType, Request
-from launcher.workers.agent_store_protocol import encode_request as enc
+from launcher.tcpstore.protocol import VALIDATION_MAGIC, QueryType, Request
+from launcher.tcpstore.protocol import encode_request as enc
+from launcher.tcpstore.server import StoreServer
 
 dist = pytest.importorskip("torch.distributed")
 
@@ -36,8 +36,8 @@ PROC_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
-def server() -> Iterator[AgentStoreServer]:
-    srv = AgentStoreServer(host=HOST)
+def server() -> Iterator[StoreServer]:
+    srv = StoreServer(host=HOST)
     srv.start()
     yield srv
     srv.stop()
@@ -88,7 +88,7 @@ def run_python(procs: list[subprocess.Popen[str]], script: Path, *args: str) -> 
     return out
 
 
-def test_basic_ops_with_a_real_client(server: AgentStoreServer) -> None:
+def test_basic_ops_with_a_real_client(server: StoreServer) -> None:
     store = client(server.port)
     store.set("k", "v")
     assert store.get("k") == b"v"
@@ -117,7 +117,7 @@ def test_basic_ops_with_a_real_client(server: AgentStoreServer) -> None:
     assert server.stats().waiting_clients == 0
 
 
-def test_wait_timeout_raises_and_the_connection_stays_usable(server: AgentStoreServer) -> None:
+def test_wait_timeout_raises_and_the_connection_stays_usable(server: StoreServer) -> None:
     store = client(server.port)
     started = time.monotonic()
     with pytest.raises(dist.DistStoreError, match="wait timeout"):
@@ -130,7 +130,7 @@ def test_wait_timeout_raises_and_the_connection_stays_usable(server: AgentStoreS
     assert store.add("after-n", 1) == 1
 
 
-def test_blocking_get_is_released_by_a_set_from_another_client(server: AgentStoreServer) -> None:
+def test_blocking_get_is_released_by_a_set_from_another_client(server: StoreServer) -> None:
     reader, writer = client(server.port), client(server.port)
     got: list[bytes] = []
     thread = threading.Thread(target=lambda: got.append(reader.get("late")), daemon=True)
@@ -142,7 +142,7 @@ def test_blocking_get_is_released_by_a_set_from_another_client(server: AgentStor
     assert got == [b"here"]
 
 
-def test_64_concurrent_clients(server: AgentStoreServer) -> None:
+def test_64_concurrent_clients(server: StoreServer) -> None:
     n = 64
     results: list[bytes] = []
     errors: list[BaseException] = []
@@ -176,7 +176,7 @@ def raw_connection(port: int) -> socket.socket:
 
 
 def test_unknown_command_closes_only_that_connection(
-    server: AgentStoreServer, caplog: pytest.LogCaptureFixture
+    server: StoreServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = client(server.port)
     good.set("k", "v")
@@ -193,13 +193,13 @@ def test_unknown_command_closes_only_that_connection(
     [enc(Request(op=QueryType.PING, number=1)), enc(Request(op=QueryType.VALIDATE, number=7))],
     ids=["no-validate", "bad-magic"],
 )
-def test_unvalidated_connection_is_closed(server: AgentStoreServer, first: bytes) -> None:
+def test_unvalidated_connection_is_closed(server: StoreServer, first: bytes) -> None:
     with raw_connection(server.port) as sock:
         sock.sendall(first)
         assert sock.recv(4) == b""
 
 
-def test_raw_ping_round_trips_the_nonce(server: AgentStoreServer) -> None:
+def test_raw_ping_round_trips_the_nonce(server: StoreServer) -> None:
     with raw_connection(server.port) as sock:
         validate = enc(Request(op=QueryType.VALIDATE, number=VALIDATION_MAGIC))
         sock.sendall(validate + enc(Request(op=QueryType.PING, number=0xDEADBEEF)))
@@ -207,7 +207,7 @@ def test_raw_ping_round_trips_the_nonce(server: AgentStoreServer) -> None:
 
 
 def test_default_binding_serves_ipv4_loopback() -> None:
-    with AgentStoreServer() as srv:  # all interfaces, dual-stack where the host has IPv6
+    with StoreServer() as srv:  # all interfaces, dual-stack where the host has IPv6
         store = client(srv.port)
         store.set("k", "v")
         assert store.get("k") == b"v"
@@ -216,7 +216,7 @@ def test_default_binding_serves_ipv4_loopback() -> None:
 def test_prebound_socket_is_adopted_and_stop_closes_clients() -> None:
     listener = socket.create_server((HOST, 0))
     port = listener.getsockname()[1]
-    srv = AgentStoreServer(listener)
+    srv = StoreServer(listener)
     srv.start()
     try:
         assert srv.port == port
@@ -233,7 +233,7 @@ def test_prebound_socket_is_adopted_and_stop_closes_clients() -> None:
         socket.create_connection((HOST, port), timeout=2).close()
 
 
-def test_reset_drops_keys_and_connections(server: AgentStoreServer) -> None:
+def test_reset_drops_keys_and_connections(server: StoreServer) -> None:
     old = client(server.port)
     old.set("stale", "1")
     server.reset()
@@ -247,7 +247,7 @@ def test_reset_drops_keys_and_connections(server: AgentStoreServer) -> None:
 
 def test_constructor_rejects_socket_and_address() -> None:
     with socket.create_server((HOST, 0)) as listener, pytest.raises(ValueError):
-        AgentStoreServer(listener, host=HOST)
+        StoreServer(listener, host=HOST)
 
 
 OPS_SCRIPT = r"""
@@ -320,7 +320,7 @@ print(json.dumps(out))
 
 
 def test_same_answers_as_torchs_own_server(
-    server: AgentStoreServer, procs: list[subprocess.Popen[str]], tmp_path: Path
+    server: StoreServer, procs: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     script = tmp_path / "ops.py"
     script.write_text(OPS_SCRIPT)
@@ -380,7 +380,7 @@ def run_group(
 
 
 def test_gloo_workers_init_against_the_agent_store_across_two_attempts(
-    server: AgentStoreServer, procs: list[subprocess.Popen[str]], tmp_path: Path
+    server: StoreServer, procs: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)

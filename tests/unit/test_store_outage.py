@@ -38,6 +38,7 @@ from launcher.rendezvous.state import (
 )
 from launcher.rendezvous.store import MemoryStore
 from launcher.resolve import resolve
+from launcher.tcpstore.server import StoreServer
 
 P = Params(run_id="t", min_nodes=1, max_nodes=2, max_restarts=0)
 K = Keys("t")
@@ -255,7 +256,9 @@ def rendezvous(
         argv = ["--nnodes", nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:9"]
         argv += ["--rdzv-id", "job", "--local-addr", "127.0.0.1", "--rdzv-conf", conf]
         config = resolve(parse_args([*argv, str(script)], {}), {})
-        rdzv = dynamic.DynamicRendezvous(config, node_id="n", interrupt_fd=pipe[0], events=sink)
+        rdzv = dynamic.DynamicRendezvous(
+            config, node_id="n", interrupt_fd=pipe[0], serve_store=StoreServer, events=sink
+        )
         made.append(rdzv)
         return rdzv, store, sink
 

@@ -16,7 +16,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 
-from launcher.workers.agent_store_protocol import (
+from launcher.tcpstore.protocol import (
     VALIDATION_MAGIC,
     CheckResponse,
     ProtocolError,

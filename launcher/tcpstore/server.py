@@ -1,15 +1,16 @@
-"""The agent's TCPStore server, in the standard library, so the launcher never imports torch.
+"""A TCPStore server in the standard library: the rendezvous store of the c10d backend, and
+the workers' bootstrap store the agent serves, with no torch import.
 
-Workers started with ``TORCHELASTIC_USE_AGENT_STORE=True`` make every rank, rank 0 included, a
-*client* of a store at ``MASTER_ADDR:MASTER_PORT`` (``torch.distributed.rendezvous.
-_create_c10d_store``). torch 2.13 adds no per-attempt key prefix there, so the agent calls
-``reset()`` between worker groups: gloo publishes each rank's address under a fixed key, and a
-stale one from the previous attempt sends the new ranks to a dead port.
+As the workers' store: workers started with ``TORCHELASTIC_USE_AGENT_STORE=True`` make every
+rank, rank 0 included, a *client* of a store at ``MASTER_ADDR:MASTER_PORT``
+(``torch.distributed.rendezvous._create_c10d_store``). torch 2.13 adds no per-attempt key prefix
+there, so the agent calls ``reset()`` between worker groups: gloo publishes each rank's address
+under a fixed key, and a stale one from the previous attempt sends the new ranks to a dead port.
 
 One daemon thread runs a selector loop over non-blocking sockets and owns all store state, so
 nothing is locked. Other threads reach it only through ``reset()``, ``stats()`` and ``stop()``,
-which hand it work over a socketpair. The wire format is in ``agent_store_protocol``, what each
-request does in ``agent_store_state``; this module only moves bytes.
+which hand it work over a socketpair. The wire format is in ``protocol``, what each request
+does in ``state``; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from launcher.workers.agent_store_protocol import ProtocolError
-from launcher.workers.agent_store_state import Session, StoreState
+from launcher.tcpstore.protocol import ProtocolError
+from launcher.tcpstore.state import Session, StoreState
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _BACKLOG = 65535
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class AgentStoreStats:
+class StoreStats:
     keys: int
     clients: int
     waiting_clients: int  # blocked in WAIT (so also in GET), BARRIER or a blocking QUEUE_POP
@@ -51,9 +52,9 @@ def _bind(host: str | None, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=_BACKLOG)
 
 
-class AgentStoreServer:
+class StoreServer:
     """A TCPStore server for torch 2.13 clients (``TCPStore(..., is_master=False)``, and
-    ``init_process_group`` under torchrun's environment).
+    ``init_process_group`` under torchrun's environment) and for ours (``client.StoreClient``).
 
     Pass either a bound (or listening) socket, which the server then owns and closes, so the
     agent can bind first and publish the port with no close-and-rebind race; or ``host`` and
@@ -88,8 +89,8 @@ class AgentStoreServer:
 
     def start(self) -> None:
         if self._thread is not None:
-            raise RuntimeError("AgentStoreServer.start() called twice")
-        self._thread = threading.Thread(target=self._run, name="agent-store", daemon=True)
+            raise RuntimeError("StoreServer.start() called twice")
+        self._thread = threading.Thread(target=self._run, name="tcpstore-server", daemon=True)
         self._thread.start()
 
     def reset(self, timeout_s: float = 5.0) -> None:
@@ -106,14 +107,14 @@ class AgentStoreServer:
 
         self._call_in_loop(clear, timeout_s)
 
-    def stats(self, timeout_s: float = 5.0) -> AgentStoreStats:
+    def stats(self, timeout_s: float = 5.0) -> StoreStats:
         """Counts taken inside the loop, so they are consistent with each other."""
-        found: list[AgentStoreStats] = []
+        found: list[StoreStats] = []
 
         def count() -> None:
             waiting = sum(1 for session in self._socks if session.awaiting > 0)
             keys, clients = len(self._state.data), len(self._socks)
-            found.append(AgentStoreStats(keys=keys, clients=clients, waiting_clients=waiting))
+            found.append(StoreStats(keys=keys, clients=clients, waiting_clients=waiting))
 
         self._call_in_loop(count, timeout_s)
         return found[0]
@@ -127,9 +128,9 @@ class AgentStoreServer:
         self._wake()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            log.warning("agent store thread did not stop within %.1f s", timeout_s)
+            log.warning("store server thread did not stop within %.1f s", timeout_s)
 
-    def __enter__(self) -> AgentStoreServer:
+    def __enter__(self) -> StoreServer:
         self.start()
         return self
 
@@ -142,7 +143,7 @@ class AgentStoreServer:
         except BlockingIOError:  # the socketpair is full, so a wake-up is already pending
             pass
         except OSError as exc:  # closed: the loop is gone and there is nothing to wake
-            log.debug("agent store wake-up after shutdown: %s", exc)
+            log.debug("store server wake-up after shutdown: %s", exc)
 
     def _call_in_loop(self, fn: Callable[[], None], timeout_s: float) -> None:
         thread = self._thread
@@ -154,7 +155,7 @@ class AgentStoreServer:
             self._calls.append((fn, done))
         self._wake()
         if not done.wait(timeout_s):
-            raise TimeoutError(f"agent store loop did not answer within {timeout_s} s")
+            raise TimeoutError(f"store server loop did not answer within {timeout_s} s")
 
     def _run_calls(self) -> None:
         with self._calls_lock:
@@ -177,7 +178,7 @@ class AgentStoreServer:
                         self._serve(key.data, mask)
                 self._flush_outbox()
         except Exception:
-            log.exception("agent store loop failed; closing the store")
+            log.exception("store server loop failed; closing the store")
             raise
         finally:
             self._shutdown()
@@ -197,7 +198,7 @@ class AgentStoreServer:
             except BlockingIOError:
                 return
             except OSError as exc:  # e.g. out of file descriptors: keep serving the others
-                log.warning("agent store cannot accept a connection: %s", exc)
+                log.warning("store server cannot accept a connection: %s", exc)
                 return
             sock.setblocking(False)
             # A client waits for each small reply before sending again: no Nagle delay.
@@ -222,13 +223,13 @@ class AgentStoreServer:
         except BlockingIOError:
             return
         except ProtocolError as exc:
-            log.warning("agent store: closing connection from %s: %s", session.name, exc)
+            log.warning("store server: closing connection from %s: %s", session.name, exc)
             self._close(session)
         except OSError as exc:
-            log.debug("agent store: connection from %s failed: %s", session.name, exc)
+            log.debug("store server: connection from %s failed: %s", session.name, exc)
             self._close(session)
         except Exception:  # a bug here must cost one connection, not the whole store
-            log.exception("agent store: error serving %s; closing it", session.name)
+            log.exception("store server: error serving %s; closing it", session.name)
             self._close(session)
 
     def _flush_outbox(self) -> None:
@@ -240,7 +241,7 @@ class AgentStoreServer:
             try:
                 self._flush(session, sock)
             except OSError as exc:
-                log.debug("agent store: cannot write to %s: %s", session.name, exc)
+                log.debug("store server: cannot write to %s: %s", session.name, exc)
                 self._close(session)
 
     def _flush(self, session: Session, sock: socket.socket) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.workers.agent_store_protocol import (
+from launcher.tcpstore.protocol import (
     MAX_KEY_COUNT,
     MAX_KEY_LEN,
     MAX_PAYLOAD_LEN,
@@ -21,7 +21,7 @@ from launcher.workers.agent_store_protocol import (
     encode_request,
     parse_request,
 )
-from launcher.workers.agent_store_state import Session, StoreState
+from launcher.tcpstore.state import Session, StoreState
 
 Q = QueryType
 
