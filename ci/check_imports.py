@@ -3,7 +3,10 @@
 2. what user scripts import uses only the standard library: launcher/failures/record.py and
    launcher/progress/ (__init__.py and the layout.py it shares with the reader);
 3. chaos imports from launcher only launcher.events (and the simulator launcher.rendezvous.state);
-4. importing the CLI or launcher.progress does not import torch.
+4. importing the CLI or launcher.progress does not import torch;
+5. the agent never imports torch, on one node or many: only launcher/resolve.py may (to count
+   GPUs for --nproc-per-node gpu/auto), and importing the agent, the multi-node rendezvous and
+   its store backends does not (tests/integration/test_c10d_hosting.py runs a job without it).
 """
 
 from __future__ import annotations
@@ -51,7 +54,20 @@ def main() -> int:
         for name in imports(path):
             if name.split(".")[0] == "launcher" and not name.startswith(allowed):
                 problems.append(f"{path}: chaos may use only {allowed} of launcher, not {name}")
-    for module in ("launcher.cli", "launcher.progress"):
+    may_import_torch = {ROOT / "launcher" / "resolve.py"}
+    for path in (ROOT / "launcher").rglob("*.py"):
+        for name in imports(path):
+            if name.split(".")[0] == "torch" and path not in may_import_torch:
+                problems.append(f"{path}: the agent must not import torch ({name})")
+    agent_side = (
+        "launcher.cli",
+        "launcher.progress",
+        "launcher.agent",
+        "launcher.rendezvous.dynamic",
+        "launcher.rendezvous.backends.c10d",
+        "launcher.rendezvous.backends.etcd",
+    )
+    for module in agent_side:
         probe = f"import sys, {module}; sys.exit('torch' in sys.modules)"
         if subprocess.run([sys.executable, "-c", probe], check=False, cwd=ROOT).returncode != 0:
             problems.append(f"importing {module} imports torch")

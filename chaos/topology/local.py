@@ -2,9 +2,10 @@
 
 Node i runs `python3 -m launcher` (or `python3 -m torch.distributed.run`) with
 `--local-addr 127.0.0.(2+i)`, in its own session, with stdout/stderr in RUN_DIR/nodes/<i>/.
-With c10d the store lives in node 0's agent (its address is the endpoint's); with etcd the
-topology runs a real etcd cluster on 127.0.0.1. Needs no root, so it cannot cut the network:
-partitions need the netns or docker backends.
+With c10d the store lives in node 0's agent (its address is the endpoint's, and every
+launcher gets `--rdzv-conf is_host=1/0`, so no other agent can win the race to host); with
+etcd the topology runs a real etcd cluster on 127.0.0.1. Needs no root, so it cannot cut the
+network: partitions need the netns or docker backends.
 
 The processes of a node are its agent's tree (walked through /proc while the agent lives)
 plus the workers its event log and the workload's step reports name: torchrun's workers
@@ -179,9 +180,10 @@ class LocalTopology:
         if self.launcher in launchers.TORCHRUN_LIKE:
             rest = without_extensions(rest)
         backend = topo.rdzv_backend
-        if self.launcher in launchers.TORCHRUN_LIKE and backend == "c10d":
-            # torch treats every loopback endpoint as "mine": name the host explicitly so
-            # node 0 hosts the store whatever the start order.
+        if backend == "c10d":
+            # Every launcher here (ours too) treats a loopback endpoint as "mine", as torchrun
+            # does, and the agent that binds first hosts: name the host, so node 0 hosts the
+            # store whatever the start order (store_host_loss kills node 0 to kill it).
             conf.setdefault("is_host", "1" if index == 0 else "0")
         if self.launcher == "torchrun" and backend == "etcd":
             backend = "etcd-v2"

@@ -16,8 +16,11 @@ What torch 2.13's client does (``TCPStore.cpp``), and so this one:
 Different on purpose: torch's client never reconnects (once its connection breaks, every call
 fails, and its connect failures print pages of C++ warnings). This one drops the connection on
 any error, since a reply may be half read, and connects again on the next call, waiting at most
-``reconnect_timeout_s``. The failed call is never replayed: it may have been applied. Errors
-are one line naming the endpoint.
+``reconnect_timeout_s``. The failed call is never replayed: it may have been applied. A
+connection the server closed while idle (nothing ever arrives unasked) is noticed before a
+request is sent, and that request goes on a new connection: nothing was sent, so nothing can
+be applied twice, and a SET (which has no reply) is not lost in a dead socket. Errors are one
+line naming the endpoint.
 
 One connection, not thread-safe: one client per thread (``clone()``).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import time
@@ -118,6 +122,7 @@ class StoreClient:
         self.timeout_s = timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self._sock: socket.socket | None = None
+        self._idle = select.poll()  # readable between requests: the server hung up
         self._buf = bytearray()
         self._connected_once = False
         if connect:
@@ -141,6 +146,8 @@ class StoreClient:
                 delay = min(delay * 2, _MAX_RETRY_S)
                 continue
             self._sock, self._buf = sock, bytearray()
+            self._idle = select.poll()
+            self._idle.register(sock, select.POLLIN)
             self._connected_once = True
             return sock
 
@@ -166,8 +173,9 @@ class StoreClient:
         return sock
 
     def _connection(self) -> socket.socket:
-        if self._sock is not None:
+        if self._sock is not None and not self._idle.poll(0):
             return self._sock
+        self._drop()  # closed (or reset) by the server since the last reply
         # Broken earlier: connect again, briefly, since the caller retries with backoff.
         return self._connect(self.reconnect_timeout_s if self._connected_once else self.timeout_s)
 

@@ -1,10 +1,11 @@
 """Several real agents on loopback (one --local-addr each) forming c10d jobs of real gloo workers.
 
-The agent whose --local-addr matches the endpoint (127.0.0.2) hosts torch's TCPStore; the
-others are clients. Workers run tests/workloads/mesh.py: they record their environment in
-starts.jsonl, all_reduce across nodes until the test creates the stop file (or STEPS ran),
-and record the result in finished.jsonl. Nothing here sleeps to synchronise: every wait
-polls the files or the shared event log, with a timeout.
+The agent at the endpoint's address (127.0.0.2) hosts the TCPStore, named with
+`--rdzv-conf is_host=1` (the others get is_host=0): by torchrun's default rule every agent on
+loopback could host, and whichever binds first would. Workers run tests/workloads/mesh.py:
+they record their environment in starts.jsonl, all_reduce across nodes until the test
+creates the stop file (or STEPS ran), and record the result in finished.jsonl. Nothing here
+sleeps to synchronise: every wait polls the files or the shared event log, with a timeout.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Cluster:
             "--rdzv-id",
             self.run_id,
             "--rdzv-conf",
-            self.rdzv_conf,
+            f"{self.rdzv_conf},is_host={int(addr == HOST_ADDR)}",
             "--local-addr",
             addr,
             "--log-dir",
@@ -482,7 +483,7 @@ def run_against_dead_endpoint(
         "--rdzv-id",
         unique_run_id("bad-endpoint"),
         "--rdzv-conf",
-        f"read_timeout={read_timeout_s}",
+        f"read_timeout={read_timeout_s},is_host=0",  # on loopback it would host by default
         "--local-addr",
         ADDRS[1],
         "--log-dir",
@@ -499,8 +500,7 @@ def run_against_dead_endpoint(
 def test_bad_endpoint_fails_fast_with_one_line(procs: Procs, tmp_path: Path) -> None:
     proc, err, took_s, endpoint = run_against_dead_endpoint(procs, tmp_path, read_timeout_s=3)
     assert proc.returncode not in (0, None), err
-    # ~7 s on an idle 2-core machine (torch import, then TCPStore's connect: 3 s, a 2 s
-    # retry delay, a last try); the default read_timeout would be 60 s
+    # read_timeout (3 s) of connect retries, and no torch import; the default would be 60 s
     assert took_s < 20, f"took {took_s:.1f}s: {err}"
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("launcher: error:")]

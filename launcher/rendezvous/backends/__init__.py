@@ -1,6 +1,7 @@
 """Rendezvous store backends, each imported lazily by name (`etcd` needs no extra package).
 
-c10d     C10dStore: torch's TCPStore, hosted by one agent (also the `static` backend's store)
+c10d     C10dStore: a TCPStore (torch's wire protocol, our own code), hosted by one agent
+         (also the `static` backend's store)
 etcd     EtcdStore: a real etcd (>= 3.4) cluster through its v3 JSON gateway, with failover
          across members (standard library only)
 
@@ -31,7 +32,6 @@ def open_store(config: LaunchConfig) -> Callable[[], Store]:
             config.rdzv_host,
             int(config.rdzv_port or 0),
             is_host=is_host,
-            local_addr=config.local_addr,
             timeout_s=timeout,
             run_id=config.run_id,
         )

@@ -1,75 +1,74 @@
-"""The c10d backend's store: torch's TCPStore, hosted by the agent whose address matches
-the endpoint (or `--rdzv-conf is_host=1`), reached by the others as clients.
+"""The c10d backend's store: a TCPStore (torch 2.13's wire protocol) spoken with the project's
+own standard-library server and client (launcher/tcpstore/), so the agent never imports torch.
 
-torch is imported here and only here (and only for multi-node c10d/static jobs).
+Who hosts it, as torchrun decides (``c10d_rendezvous_backend._create_tcp_store``):
+``--rdzv-conf is_host=1/0`` if given; otherwise every agent whose machine owns the endpoint's
+address (``localhost``, any loopback address, this host's name, or an address it can bind)
+tries to host, and the one that binds the port first does; the others, finding the port
+taken, join as clients. Several agents on one machine therefore race, and whichever binds
+first hosts: pass ``is_host`` where the host must be a given agent (docs/rendezvous.md).
+The server listens on every interface, as torch's does, so agents reach it by any address.
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 from launcher.errors import RendezvousConnectionError
+from launcher.tcpstore.client import StoreClient, StoreConnectionError
+from launcher.tcpstore.server import StoreServer
 
 log = logging.getLogger(__name__)
 
-
-def _local_addresses() -> set[str]:
-    found = {"127.0.0.1", "::1"}
-    for name in {socket.gethostname(), socket.getfqdn()}:
-        try:
-            found.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
-        except socket.gaierror:
-            continue
-    return found
-
-
-def _resolve(host: str) -> set[str]:
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        return set()
-
-
-def endpoint_is_local(host: str, local_addr: str | None) -> bool:
-    """Whether this agent should host the store at `host`.
-
-    With --local-addr the answer is exact (several agents share one machine in tests and
-    in containers); without it, torchrun's rule: any name or address of this machine."""
-    targets = _resolve(host)
-    if local_addr is not None:
-        return bool(targets & (_resolve(local_addr) or {local_addr}))
-    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
-        return True
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return True
-    except ValueError:
-        pass
-    return bool(targets & _local_addresses())
-
-
 # A client whose connection broke connects again on its next operation, waiting at most
-# this long: TCPStore never reconnects by itself, and a retry must stay short while the
-# host is unreachable (the agent retries with backoff until store_outage_timeout).
+# this long: a retry must stay short while the host is unreachable (the agent retries with
+# backoff until store_outage_timeout).
 _RECONNECT_TIMEOUT_S = 2.0
 
 
+def _addresses(host: str) -> set[str]:
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (socket.gaierror, UnicodeError):
+        return set()
+
+
+def _bindable(address: str) -> bool:
+    """Whether an interface of this machine has `address` (binding port 0 claims nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def machine_owns(host: str) -> bool:
+    """torchrun's test for "the endpoint is this machine" (``_matches_machine_hostname``):
+    ``localhost``, a loopback address, this host's name, or an address of this host. torch
+    compares only with the addresses its hostname resolves to (missing secondary NICs);
+    asking the kernel whether the address can be bound answers for every interface."""
+    if host == "localhost" or host in (socket.gethostname(), socket.getfqdn()):
+        return True
+    found = _addresses(host.strip("[]"))
+    return any(ipaddress.ip_address(a).is_loopback or _bindable(a) for a in found)
+
+
 class C10dStore:
+    """The Store protocol over one StoreClient connection; the hosting agent's first one
+    also owns the server, which must outlive every reconnect."""
+
     def __init__(
-        self, store: Any, *, endpoint: str, hosting: bool, timeout_s: float = 60.0
+        self, client: StoreClient, *, endpoint: str, server: StoreServer | None = None
     ) -> None:
-        self._store = store
-        # The hosting TCPStore object runs the server: it must outlive any reconnect.
-        self._server = store if hosting else None
+        self._client = client
+        self._server = server
         self.endpoint = endpoint
-        self.hosting = hosting
-        self._timeout_s = timeout_s
-        self._broken = False
+        self.hosting = server is not None
 
     @classmethod
     def open(
@@ -78,113 +77,77 @@ class C10dStore:
         port: int,
         *,
         is_host: bool | None,
-        local_addr: str | None,
         timeout_s: float,
         run_id: str,
     ) -> C10dStore:
-        import torch.distributed as dist
-
         endpoint = f"{host}:{port}"
-        timeout = datetime.timedelta(seconds=timeout_s)
-        hosting = is_host if is_host is not None else endpoint_is_local(host, local_addr)
-        if hosting:
-            try:
-                store = dist.TCPStore(  # type: ignore[attr-defined]
-                    host,
-                    port,
-                    is_master=True,
-                    multi_tenant=True,
-                    wait_for_workers=False,
-                    timeout=timeout,
-                    use_libuv=True,
-                )
-                return cls(store, endpoint=endpoint, hosting=True, timeout_s=timeout_s)
-            except (RuntimeError, ValueError, OSError) as err:
-                if is_host:
-                    raise RendezvousConnectionError(
-                        f"cannot host the rendezvous store on port {port}: {err} "
-                        "(is another job using it? pick another --rdzv-endpoint port)",
-                        run_id=run_id,
-                        endpoint=endpoint,
-                    ) from err
-                # Inferred, not asked for: another agent on this machine hosts it already.
-                log.info("store at %s already hosted here (%s); joining as a client", endpoint, err)
+        server = None
+        if is_host if is_host is not None else machine_owns(host):
+            server = _host(port, explicit=is_host is not None, endpoint=endpoint, run_id=run_id)
         try:
-            store = dist.TCPStore(  # type: ignore[attr-defined]
-                host, port, is_master=False, timeout=timeout, use_libuv=True
+            client = StoreClient(
+                host, port, timeout_s=timeout_s, reconnect_timeout_s=_RECONNECT_TIMEOUT_S
             )
-        except (RuntimeError, ValueError, OSError) as err:
-            first_line = (
-                str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            )
+        except StoreConnectionError as err:
+            if server is not None:
+                server.stop()
             raise RendezvousConnectionError(
-                f"cannot reach the rendezvous store at {endpoint} within {timeout_s:.0f}s "
-                f"({first_line}); start the agent whose --local-addr matches the endpoint "
-                "(or pass --rdzv-conf is_host=1 to one agent) and check the address",
+                f"cannot reach the rendezvous store at {endpoint} ({err.reason}); start an "
+                f"agent on the machine that owns {host} (it hosts the store), or pass "
+                "--rdzv-conf is_host=1 to one agent, and check the address and port",
                 run_id=run_id,
                 endpoint=endpoint,
             ) from err
-        return cls(store, endpoint=endpoint, hosting=False, timeout_s=timeout_s)
+        return cls(client, endpoint=endpoint, server=server)
 
     def clone(self) -> C10dStore:
         """Another client connection (for a second thread)."""
-        return C10dStore(
-            self._live().clone(), endpoint=self.endpoint, hosting=False, timeout_s=self._timeout_s
-        )
-
-    def _live(self) -> Any:
-        """The connection, made again first if the last operation broke it."""
-        if self._broken:
-            import torch.distributed as dist
-
-            host, _, port = self.endpoint.rpartition(":")
-            store = dist.TCPStore(  # type: ignore[attr-defined]
-                host.strip("[]"),
-                int(port),
-                is_master=False,
-                timeout=datetime.timedelta(seconds=min(self._timeout_s, _RECONNECT_TIMEOUT_S)),
-                use_libuv=True,
-            )
-            store.set_timeout(datetime.timedelta(seconds=self._timeout_s))
-            self._store, self._broken = store, False
-            log.info("reconnected to the rendezvous store at %s", self.endpoint)
-        return self._store
-
-    def _call(self, name: str, *args: Any) -> Any:
-        try:
-            return getattr(self._live(), name)(*args)
-        except (RuntimeError, OSError, ValueError):
-            # A reset or timed-out connection stays broken in TCPStore; connect again on
-            # the next operation. The failing operation itself is not replayed here: it
-            # may have been applied, and only the protocol step can re-run safely.
-            self._broken = True
-            raise
+        return C10dStore(self._client.clone(), endpoint=self.endpoint)
 
     def get(self, key: str) -> str | None:
-        if not self._call("check", [key]):
-            return None
-        return bytes(self._call("get", key)).decode()
+        value = self._client.get_if_present(key)
+        return None if value is None else value.decode()
 
     def multi_get(self, keys: Sequence[str]) -> list[str | None]:
-        if not keys:
-            return []
-        if self._call("check", list(keys)):
-            return [bytes(v).decode() for v in self._call("multi_get", list(keys))]
-        return [self.get(key) for key in keys]
+        return [None if v is None else v.decode() for v in self._client.multi_get_if_present(keys)]
 
     def set(self, key: str, value: str) -> None:
-        self._call("set", key, value)
+        self._client.set(key, value)
 
     def multi_set(self, items: Sequence[tuple[str, str]]) -> None:
         if items:
-            self._call("multi_set", [k for k, _ in items], [v for _, v in items])
+            self._client.multi_set([k for k, _ in items], [v for _, v in items])
 
     def compare_set(self, key: str, expected: str | None, value: str) -> str:
-        return bytes(self._call("compare_set", key, expected or "", value)).decode()
+        return self._client.compare_set(key, expected or "", value).decode()
 
     def add(self, key: str, delta: int) -> int:
-        return int(self._call("add", key, delta))
+        return self._client.add(key, delta)
 
     def close(self) -> None:
-        self._store = None
-        self._server = None
+        self._client.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def _host(port: int, *, explicit: bool, endpoint: str, run_id: str) -> StoreServer | None:
+    """The store's server on every interface, or None when the port is taken and hosting
+    was only inferred (another agent on this machine won the race: join it as a client)."""
+    try:
+        server = StoreServer(host=None, port=port)
+    except OSError as err:
+        if explicit:
+            raise RendezvousConnectionError(
+                f"cannot host the rendezvous store on port {port}: {err.strerror}; pick "
+                "another --rdzv-endpoint port (is another job using it?)",
+                run_id=run_id,
+                endpoint=endpoint,
+            ) from err
+        # As torchrun: an inferred host that cannot bind joins as a client, whatever the
+        # reason (the usual one: another agent on this machine bound the port first).
+        log.info("cannot host the store on port %d (%s); joining as a client", port, err.strerror)
+        return None
+    server.start()
+    log.info("hosting the rendezvous store at %s", endpoint)
+    return server
