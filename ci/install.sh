@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch is pinned: an open range would pull a multi-GB CUDA build; 2.13.0 (CPU) is on local disk.
-python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test,chaos,debug]"
+# numpy as in README.md's first command: torch does not require it, but warns ("Failed to
+# initialize NumPy") on every import without it.
+python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" numpy -e ".[test,chaos,debug]"
 # etcd (3.4 in Debian 12) for the etcd rendezvous backend's tests; apt does not start it.
 # iptables and iproute2 for the netns topology (partitions); tests needing them are marked root.
 missing=()

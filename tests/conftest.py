@@ -23,6 +23,16 @@ settings.register_profile("explore", max_examples=2000, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's pytest_configure made its reporter
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's worker status, without a terminal (CI, a pipe) and without -v, is the
+    # line "bringing up nodes...", written twice per run and again whenever it replaces a
+    # crashed worker, amid the dots. Keep its status for -v, where it says something.
+    reporter = config.pluginmanager.getplugin("terminaldistreporter")
+    if reporter is not None and config.option.verbose <= 0:
+        reporter.ensure_show_status = lambda: None
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """A small, deterministic environment for launcher and torchrun runs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
