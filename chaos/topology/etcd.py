@@ -1,9 +1,12 @@
-"""A real etcd cluster (1, 3 or 5 members) for the duration of one run, on any topology.
+"""A real etcd cluster (1, 3 or 5 members) for the duration of one run, on any topology, and
+for the integration tests (the one etcd helper of the repository).
 
 Members run Debian's `/usr/bin/etcd`; where each one runs (a loopback process, a process in
 its own network namespace, a container) is its `Placement` (chaos.topology.etcd_members),
-so member command lines, start-up retries, health and leader lookup exist once. Logs go to
-RUN_DIR/etcd/m<i>.log; data stays out of the run dir (etcd preallocates its WAL).
+so member command lines, start-up retries, health, restarts and leader lookup exist once.
+Logs go to `log_dir`/m<i>.log (a run's RUN_DIR/etcd; a temporary directory by default, removed
+by `stop`); data stays out of it (etcd preallocates its WAL). As a context manager (the tests)
+it starts on entry and always stops on exit.
 
 Health and leader come from the members themselves: over HTTP from the harness when it can
 reach them (`local`), otherwise with `etcdctl ... -w json` run inside a member's network
@@ -16,10 +19,12 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from chaos.topology.etcd_members import (
@@ -79,20 +84,44 @@ class EtcdCluster:
         self,
         size: int,
         *,
-        log_dir: Path,
+        log_dir: Path | None = None,
         enable_v2: bool = False,
         placement: Placement | None = None,
     ) -> None:
         self.size = size
-        self.log_dir = log_dir
+        self._own_logs = log_dir is None
+        self.log_dir = log_dir if log_dir is not None else Path(tempfile.mkdtemp(prefix="etcd-"))
         self.enable_v2 = enable_v2
         self.placement: Placement = placement if placement is not None else ProcessPlacement()
         self.ports: list[tuple[int, int]] = []  # (client, peer) per member
+        self._argv: dict[int, list[str]] = {}  # how each member was started (restart_member)
         self._etcdctl: str | None = None
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     @property
     def endpoint(self) -> str:
+        """Every member's client address, comma-separated (the launcher's --rdzv-endpoint)."""
         return ",".join(self.client_addr(i) for i in range(len(self.ports)))
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, client port) of every member (what EtcdStore takes)."""
+        return [(self.placement.address(i), client) for i, (client, _) in enumerate(self.ports)]
 
     def addresses(self) -> list[str]:
         """Every member's address (what a partition cuts a node from)."""
@@ -144,7 +173,22 @@ class EtcdCluster:
             ]
             if self.enable_v2:
                 argv.append("--enable-v2")
+            self._argv[i] = argv
             self.placement.spawn(i, argv, self.log_dir / f"m{i}.log")
+
+    def restart_member(self, index: int, timeout_s: float = 30.0) -> None:
+        """Starts member `index` again (after `kill_member`) on its address, ports and data
+        dir, so it keeps its data as a restarted etcd does; waits, bounded, until healthy."""
+        if self.member_pid(index) is not None:
+            raise RuntimeError(f"etcd member m{index} is still running")
+        self.placement.spawn(index, self._argv[index], self.log_dir / f"m{index}.log")
+        deadline = time.monotonic() + timeout_s
+        while index not in self._healthy_members():
+            if self.member_pid(index) is None or time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"etcd member m{index} did not come back: {self._log_tail(index)}"
+                )
+            time.sleep(0.05)  # polling a server that is starting
 
     # -- probes ------------------------------------------------------------------------------
     def _ctl(self, *args: str) -> list[dict[str, Any]]:
@@ -183,15 +227,17 @@ class EtcdCluster:
             return False
         return bool(reply.get("health") == "true")
 
-    def _all_healthy(self) -> bool:
+    def _healthy_members(self) -> set[int | None]:
         if self.placement.direct:
-            return all(self._healthy(i) for i in range(self.size))
-        healthy = {
+            return {i for i in range(self.size) if self._healthy(i)}
+        return {
             self._index_of(r.get("endpoint"))
             for r in self._ctl("endpoint", "health")
             if r.get("health") is True
         }
-        return healthy >= set(range(self.size))
+
+    def _all_healthy(self) -> bool:
+        return self._healthy_members() >= set(range(self.size))
 
     def _statuses(self) -> dict[int, tuple[str, str]]:
         """Live member -> (its member id, the leader id it reports), for those that answer.
@@ -275,6 +321,8 @@ class EtcdCluster:
         try:
             self._kill_all()
         finally:
+            if self._own_logs:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
             failed = self.placement.close()
             if failed:
                 raise RuntimeError(f"etcd members not removed: {failed}")

@@ -5,18 +5,18 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.proxy.server import ServerHandle, running
-from tests.etcd_cluster import EtcdCluster, EtcdServer, etcd_binary
+from chaos.topology.etcd import EtcdCluster, etcd_binary
 from tests.proxy_peers import EchoServer
 
 NO_ETCD = "etcd binary not found (apt-get install etcd-server; ci/install.sh does this)"
 
 
 @pytest.fixture(scope="session")
-def etcd_server() -> Iterator[EtcdServer]:
+def etcd_server() -> Iterator[EtcdCluster]:
     """One real etcd member per test session (per xdist worker); tests use unique prefixes."""
     if etcd_binary() is None:
         pytest.skip(NO_ETCD)
-    with EtcdServer() as server:
+    with EtcdCluster(1) as server:
         yield server
 
 

@@ -14,11 +14,11 @@ from typing import TypeVar
 
 import pytest
 
+from chaos.topology.etcd import EtcdCluster, free_ports, http_json
 from launcher.errors import ConfigError, RendezvousConnectionError, RendezvousError
 from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
 from launcher.rendezvous.driver import Driver
 from launcher.rendezvous.state import Assignment, JobOver, NodeInfo, Params, join
-from tests.etcd_cluster import EtcdCluster, EtcdServer, free_ports, http_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -30,11 +30,11 @@ def unique_prefix() -> str:
     return f"/test/{uuid.uuid4().hex[:12]}/"
 
 
-def count_keys(server: EtcdServer, prefix: str) -> int:
+def count_keys(server: EtcdCluster, prefix: str) -> int:
     """How many keys start with `prefix`, asked of etcd directly (not through EtcdStore)."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     body = {"key": b64(prefix), "range_end": b64(end), "count_only": True}
-    reply = http_json(f"{server.members[0].client_url}/v3/kv/range", body)
+    reply = http_json(f"{server.client_url(0)}/v3/kv/range", body)
     return int(reply.get("count", 0))
 
 
@@ -43,7 +43,7 @@ def b64(text: str) -> str:
 
 
 @pytest.fixture
-def store(etcd_server: EtcdServer) -> Iterator[EtcdStore]:
+def store(etcd_server: EtcdCluster) -> Iterator[EtcdStore]:
     etcd = EtcdStore(etcd_server.endpoints, prefix=unique_prefix(), timeout_s=10)
     yield etcd
     etcd.close()
@@ -118,7 +118,7 @@ def test_add(store: EtcdStore) -> None:
     assert store.get("n") == "3"  # decimal text, readable with get
 
 
-def test_keys_live_under_the_prefix(etcd_server: EtcdServer) -> None:
+def test_keys_live_under_the_prefix(etcd_server: EtcdCluster) -> None:
     prefix = unique_prefix()
     first = EtcdStore(etcd_server.endpoints, prefix=prefix)
     other = EtcdStore(etcd_server.endpoints, prefix=unique_prefix())
@@ -127,7 +127,7 @@ def test_keys_live_under_the_prefix(etcd_server: EtcdServer) -> None:
     assert other.get("k") is None
 
 
-def test_concurrent_adds_count_exactly(etcd_server: EtcdServer) -> None:
+def test_concurrent_adds_count_exactly(etcd_server: EtcdCluster) -> None:
     prefix = unique_prefix()
 
     def adder(_: int) -> list[int]:
@@ -148,7 +148,7 @@ def test_concurrent_adds_through_one_shared_store(store: EtcdStore) -> None:
     assert sorted(v for values in results for v in values) == list(range(1, 101))
 
 
-def test_compare_set_race_has_one_winner(etcd_server: EtcdServer) -> None:
+def test_compare_set_race_has_one_winner(etcd_server: EtcdCluster) -> None:
     prefix = unique_prefix()
 
     def contender(index: int) -> tuple[str, str]:
@@ -205,8 +205,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def proxy(etcd_server: EtcdServer) -> Iterator[DroppingProxy]:
-    server = DroppingProxy(etcd_server.endpoint, drop=0)
+def proxy(etcd_server: EtcdCluster) -> Iterator[DroppingProxy]:
+    server = DroppingProxy(etcd_server.endpoints[0], drop=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -216,24 +216,24 @@ def proxy(etcd_server: EtcdServer) -> Iterator[DroppingProxy]:
 
 
 def test_add_whose_reply_was_lost_counts_once(
-    etcd_server: EtcdServer, proxy: DroppingProxy
+    etcd_server: EtcdCluster, proxy: DroppingProxy
 ) -> None:
     prefix = unique_prefix()
     # The proxy is tried first; after a lost reply the store fails over to the real member.
-    etcd = EtcdStore([("127.0.0.1", proxy.server_port), etcd_server.endpoint], prefix=prefix)
+    etcd = EtcdStore([("127.0.0.1", proxy.server_port), etcd_server.endpoints[0]], prefix=prefix)
     assert etcd.add("n", 1) == 1
     proxy.drop = 1
     forwarded = proxy.forwarded
     assert etcd.add("n", 1) == 2  # the txn's reply is lost, the retry recognises its marker
     assert proxy.forwarded == forwarded + 2  # the read, and the txn that was applied
-    assert EtcdStore([etcd_server.endpoint], prefix=prefix).get("n") == "2"
+    assert EtcdStore([etcd_server.endpoints[0]], prefix=prefix).get("n") == "2"
 
 
 def test_compare_set_whose_reply_was_lost_reports_the_win(
-    etcd_server: EtcdServer, proxy: DroppingProxy
+    etcd_server: EtcdCluster, proxy: DroppingProxy
 ) -> None:
     proxy.drop = 1
-    endpoints = [("127.0.0.1", proxy.server_port), etcd_server.endpoint]
+    endpoints = [("127.0.0.1", proxy.server_port), etcd_server.endpoints[0]]
     etcd = EtcdStore(endpoints, prefix=unique_prefix())
     assert etcd.compare_set("k", None, "mine") == "mine"
     assert proxy.forwarded == 1
@@ -334,7 +334,7 @@ def test_cluster_survives_losing_the_leader(etcd_cluster: EtcdCluster) -> None:
             etcd.set("before", "1")  # through a follower
             for _ in range(30):  # the adders made progress through the healthy cluster
                 assert before_kill.acquire(timeout=30)
-            etcd_cluster.kill(leader)
+            etcd_cluster.kill_member(leader)
             killed.set()
             began = time.monotonic()
             etcd.set("after", "1")  # the follower stalls; the store moves on after 2 s
@@ -354,8 +354,8 @@ def test_cluster_survives_losing_the_leader(etcd_cluster: EtcdCluster) -> None:
 def test_cluster_without_quorum_fails_within_the_timeout(etcd_cluster: EtcdCluster) -> None:
     etcd = EtcdStore(etcd_cluster.endpoints, prefix=unique_prefix(), timeout_s=2.0)
     etcd.set("k", "v")
-    etcd_cluster.kill(0)
-    etcd_cluster.kill(1)
+    etcd_cluster.kill_member(0)
+    etcd_cluster.kill_member(1)
     for op in (lambda: etcd.get("k"), lambda: etcd.add("n", 1), lambda: etcd.set("k", "w")):
         began = time.monotonic()
         with pytest.raises(RendezvousConnectionError) as info:
@@ -370,7 +370,7 @@ def test_cluster_without_quorum_fails_within_the_timeout(etcd_cluster: EtcdClust
 # -- the real rendezvous protocol on etcd ---------------------------------------------------
 
 
-def test_three_agents_rendezvous_through_etcd(etcd_server: EtcdServer) -> None:
+def test_three_agents_rendezvous_through_etcd(etcd_server: EtcdCluster) -> None:
     run_id = uuid.uuid4().hex[:8]
     params = Params(run_id=run_id, min_nodes=3, max_nodes=3, max_restarts=0, join_timeout_s=30)
     prefix = unique_prefix()

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from chaos.topology.etcd import EtcdCluster, free_ports
 from launcher import events as ev
 from launcher.events import Event
 from tests.agent_node import Node
 from tests.conftest import WORKLOADS, Procs, clean_env, pid_alive, wait_until
-from tests.etcd_cluster import EtcdCluster, EtcdServer, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -161,7 +161,7 @@ def exit_event(node: Node) -> Event:
 
 
 def test_two_nodes_fixed_size_all_reduce(
-    procs: Procs, tmp_path: Path, etcd_server: EtcdServer
+    procs: Procs, tmp_path: Path, etcd_server: EtcdCluster
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -229,7 +229,7 @@ def test_etcd_leader_killed_mid_run_job_finishes(
     )
     wait_for_starts(procs, out, nodes, world=3, count=3)
     assert etcd_cluster.leader_index() == leader, "the leader changed before the kill"
-    etcd_cluster.kill(leader)
+    etcd_cluster.kill_member(leader)
     new_leader = etcd_cluster.leader_index(timeout_s=15)
     assert new_leader != leader
 
@@ -316,7 +316,7 @@ def test_group_rank_zero_node_killed_survivors_reform(
 
 
 def test_worker_failure_restarts_both_nodes_job_wide_count(
-    procs: Procs, tmp_path: Path, etcd_server: EtcdServer
+    procs: Procs, tmp_path: Path, etcd_server: EtcdCluster
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from chaos.topology.etcd import EtcdCluster, etcd_binary
 from launcher import events as ev
 from tests.agent_node import Node
 from tests.conftest import WORKLOADS, Procs, clean_env, wait_until
-from tests.etcd_cluster import EtcdServer, etcd_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -31,16 +31,16 @@ FORM_TIMEOUT_S = 60.0  # 2 agents + 2 torch workers on 2 shared cores
 
 
 @pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
+def etcd() -> Iterator[EtcdCluster]:
     """A fresh member per test: these tests stop it."""
     if etcd_binary() is None:
         pytest.skip("etcd binary not found (apt-get install etcd-server)")
-    with EtcdServer() as server:
+    with EtcdCluster(1) as server:
         yield server
 
 
-def start(procs: Procs, tmp_path: Path, etcd: EtcdServer, conf: str, run_s: str) -> list[Node]:
-    host, port = etcd.endpoint
+def start(procs: Procs, tmp_path: Path, etcd: EtcdCluster, conf: str, run_s: str) -> list[Node]:
+    host, port = etcd.endpoints[0]
     run_id = f"outage-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
     out.mkdir()
@@ -80,16 +80,16 @@ def finish(agents: list[Node], timeout_s: float) -> list[int | None]:
 
 
 def test_a_short_etcd_outage_is_ridden_out_in_the_same_round(
-    procs: Procs, tmp_path: Path, etcd: EtcdServer
+    procs: Procs, tmp_path: Path, etcd: EtcdCluster
 ) -> None:
     agents = start(procs, tmp_path, etcd, "read_timeout=1,store_outage_timeout=30", run_s="14")
-    etcd.kill(0)
+    etcd.kill_member(0)
     down_at = time.monotonic()
     assert wait_until(
         lambda: all(a.named(ev.RDZV_STORE_LOST) for a in agents), 15, interval_s=0.1
     ), "\n".join(a.describe() for a in agents)
     time.sleep(max(0.0, down_at + 4 - time.monotonic()))
-    etcd.restart(0)
+    etcd.restart_member(0)
 
     codes = finish(agents, 90)
     text = "\n".join(a.describe() for a in agents)
@@ -109,11 +109,11 @@ def test_a_short_etcd_outage_is_ridden_out_in_the_same_round(
 
 
 def test_an_outage_past_store_outage_timeout_ends_the_job_with_one_line(
-    procs: Procs, tmp_path: Path, etcd: EtcdServer
+    procs: Procs, tmp_path: Path, etcd: EtcdCluster
 ) -> None:
     agents = start(procs, tmp_path, etcd, "read_timeout=1,store_outage_timeout=2", run_s="60")
-    host, port = etcd.endpoint
-    etcd.kill(0)
+    host, port = etcd.endpoints[0]
+    etcd.kill_member(0)
     killed_at = time.monotonic()
 
     codes = finish(agents, 30)
