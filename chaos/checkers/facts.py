@@ -147,13 +147,18 @@ def stopped_nodes(history: History, scenario: Scenario) -> set[int]:
 def cut_off_nodes(history: History, scenario: Scenario) -> set[int]:
     """Nodes a partition cut off from the job's majority: the `node` of a node or from_store
     partition; with groups, every node outside the group that keeps the c10d store host
-    (node 0), or outside the largest group when the store is an etcd cluster."""
+    (node 0), or outside the largest group when the store is an etcd cluster. A toxic that
+    leaves a node's store link unusable (a black hole, resets) cuts that node off too."""
     cut: set[int] = set()
     for fire in fault_fires(history, scenario):
-        if fire.kind != "partition" or fire.skipped is not None:
+        if fire.kind not in ("partition", "toxic") or fire.skipped is not None:
             continue
         planned = scenario.faults[fire.index] if fire.index is not None else None
         if planned is None:
+            continue
+        if fire.kind == "toxic":
+            if planned.toxic in ("timeout", "reset_peer") and planned.node is not None:
+                cut.add(planned.node)
             continue
         if not planned.groups:
             if planned.node is not None:

@@ -104,7 +104,9 @@ class StoreClient:
     """One connection to a TCPStore server at ``host:port``.
 
     ``timeout_s`` bounds the first connect (retried until then), every reply, and a WAIT
-    without its own timeout, as torch's ``timeout``. Values are bytes; keys are text.
+    without its own timeout, as torch's ``timeout``; ``reply_timeout_s``, when given, bounds
+    every reply instead (a caller whose operations never wait for keys: a server that holds
+    a reply that long is not answering). Values are bytes; keys are text.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class StoreClient:
         *,
         timeout_s: float,
         reconnect_timeout_s: float = 2.0,
+        reply_timeout_s: float | None = None,
         connect: bool = True,
     ) -> None:
         self.host = host
@@ -121,6 +124,7 @@ class StoreClient:
         self.endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.timeout_s = timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
+        self.reply_timeout_s = timeout_s if reply_timeout_s is None else reply_timeout_s
         self._sock: socket.socket | None = None
         self._idle = select.poll()  # readable between requests: the server hung up
         self._buf = bytearray()
@@ -166,7 +170,7 @@ class StoreClient:
                 raise _NotAStore(
                     "not a TCPStore server (its answer to PING is wrong)", endpoint=self.endpoint
                 )
-            sock.settimeout(self.timeout_s)
+            sock.settimeout(self.reply_timeout_s)
         except BaseException:
             sock.close()
             raise
@@ -194,6 +198,7 @@ class StoreClient:
             self.port,
             timeout_s=self.timeout_s,
             reconnect_timeout_s=self.reconnect_timeout_s,
+            reply_timeout_s=self.reply_timeout_s,
         )
 
     # -- one exchange ----------------------------------------------------------------------
@@ -283,7 +288,7 @@ class StoreClient:
         except TimeoutError:
             reply = None
         finally:
-            sock.settimeout(self.timeout_s)
+            sock.settimeout(self.reply_timeout_s)
         if reply is None:
             sock.sendall(encode_request(Request(op=Q.CANCEL_WAIT)))
             reply = self._u8()

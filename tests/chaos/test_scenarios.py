@@ -42,6 +42,7 @@ CI_BACKENDS = {
     # namespace on netns and docker (the same code; docker adds the shell's wait for it).
     "store_latency": ("local", "netns"),
     "store_resets": ("local", "docker"),
+    "store_blackhole": ("local", "netns"),
     "straggler_duty_cycle": ("local",),  # signals from the harness, as hung_worker_sigstop
 }
 

@@ -58,6 +58,13 @@ def machine_owns(host: str) -> bool:
     return any(ipaddress.ip_address(a).is_loopback or _bindable(a) for a in found)
 
 
+# The rendezvous never waits for a key (every operation answers at once), so a reply later
+# than this is a store that does not answer (a black-holed link, a frozen host): the step
+# fails and the store-outage window runs, instead of the agent waiting read_timeout (60 s)
+# per operation, heartbeats and its workers' watch included.
+REPLY_TIMEOUT_S = 5.0
+
+
 class C10dStore:
     """The Store protocol over one StoreClient connection; the hosting agent's first one
     also owns the server, which must outlive every reconnect."""
@@ -86,7 +93,11 @@ class C10dStore:
             server = _host(port, explicit=is_host is not None, endpoint=endpoint, run_id=run_id)
         try:
             client = StoreClient(
-                host, port, timeout_s=timeout_s, reconnect_timeout_s=_RECONNECT_TIMEOUT_S
+                host,
+                port,
+                timeout_s=timeout_s,
+                reconnect_timeout_s=_RECONNECT_TIMEOUT_S,
+                reply_timeout_s=min(timeout_s, REPLY_TIMEOUT_S),
             )
         except StoreConnectionError as err:
             if server is not None:
