@@ -38,10 +38,8 @@ from launcher.failures.report import (
     root_cause,
 )
 from launcher.inbox import SignalInbox
-from launcher.progress.detector import HangPolicy
 from launcher.progress.evidence import gather
 from launcher.progress.incident import HangReport
-from launcher.progress.stragglers import StragglerPolicy
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
@@ -62,9 +60,8 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED, FAILED, SIGNALED, MEMBERSHIP = "succeeded", "failed", "signaled", "membership"
 HUNG = "hung"  # a monitor state: launcher.progress found a hang
-# How long a failure that is only a symptom (gloo's "Connection closed by peer") waits for
-# the failure that caused it: a worker's interpreter can take a second to exit after the
-# peer's collective already broke. Reported first, the symptom would be the job's blame.
+# How long a symptom-only failure (gloo's "Connection closed by peer") waits for its cause: a
+# worker can take a second to exit after its peers' collective broke (else: wrong blame).
 SYMPTOM_GRACE_S = 2.0
 SPARE_DONE = "spare_done"
 
@@ -111,9 +108,8 @@ class Agent:
             events=self.events,
         )
         self.group.register_wakeup(inbox.read_fd)
-        self.watch = ProgressWatch(
-            policy=HangPolicy(hang_timeout_s=config.hang_timeout_s),
-            straggler_policy=StragglerPolicy(window_s=config.straggler_window_s),
+        self.watch = ProgressWatch.configured(
+            config,
             run_dir=self.logs.run_dir,
             agent_env=self._agent_env,
             events=self.events,

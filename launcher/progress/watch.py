@@ -25,9 +25,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from launcher import events as ev
+from launcher.config import LaunchConfig
 from launcher.progress import PROGRESS_FILE_ENV
 from launcher.progress.detector import (
     HangDetected,
@@ -162,6 +163,15 @@ class ProgressWatch:
             path = Path(agent_env.get(TIMER_FILE_ENV) or default_timer_file_path())
             self.timer = FileTimerServer(path, allowed_pids=allowed_pids)
             self.timer.start()
+
+    @classmethod
+    def configured(cls, config: LaunchConfig, **kw: Any) -> ProgressWatch:
+        """The watch `config`'s flags ask for (--hang-timeout, --straggler-window)."""
+        return cls(
+            policy=HangPolicy(hang_timeout_s=config.hang_timeout_s),
+            straggler_policy=StragglerPolicy(window_s=config.straggler_window_s),
+            **kw,
+        )
 
     def rank_file(self, global_rank: int) -> Path:
         return self.dir / f"rank-{global_rank}"

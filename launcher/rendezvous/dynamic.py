@@ -27,6 +27,7 @@ from launcher.rendezvous.backends import open_store
 from launcher.rendezvous.driver import Driver, Interrupted, first_line
 from launcher.rendezvous.health import StoreHealth
 from launcher.rendezvous.local import bind_listener
+from launcher.rendezvous.side_channel import SideChannel
 from launcher.rendezvous.state import (
     FAILED,
     Assignment,
@@ -39,16 +40,12 @@ from launcher.rendezvous.state import (
     RendezvousTimeout,
     WatchState,
     check_round,
-    collect_window,
     conclude,
     declared_dead,
-    dumped_count,
     goodbye,
     heartbeat,
     join,
     leave,
-    mark_dumped,
-    publish_window,
     report_failure,
     retire,
 )
@@ -59,7 +56,7 @@ EXIT_BARRIER_TIMEOUT_S = 300.0
 T = TypeVar("T")
 
 
-class DynamicRendezvous:
+class DynamicRendezvous(SideChannel):
     """A store that fails is retried, not given up on: each protocol step that fails is
     re-run from its start (never a single operation: an `add` or a compare-and-set may have
     been applied although its reply was lost) after a backoff, until the store has been
@@ -249,48 +246,6 @@ class DynamicRendezvous:
             )
         except Interrupted:
             return  # a signal: the agent's loop handles it next
-
-    def hang_dumped(self) -> None:
-        a = self.assignment
-        if a is None:
-            return
-        try:  # best effort: without it the detecting node stops after its bounded wait
-            self._driver.run(mark_dumped(self.params, a))
-        except (RendezvousConnectionError, Interrupted):
-            return
-
-    def await_dumps(self, timeout_s: float) -> int:
-        a = self.assignment
-        if a is None:
-            return 0
-        deadline = self._driver.now() + timeout_s
-        count = 0
-        try:
-            while True:
-                count = self._driver.run(dumped_count(self.params, a))
-                if count >= a.group_world_size or self._driver.now() >= deadline:
-                    return count
-                self._driver.sleep(0.1)  # a counter in the store: nothing to block on
-        except (RendezvousConnectionError, Interrupted):
-            return count
-
-    def publish_window(self, window: int, payload: str) -> None:
-        a = self.assignment
-        if a is None or self._driver.now() < self._retry_at:
-            return
-        # One attempt, never retried, none while `check` backs off from a failing store:
-        # a report is worth less than an agent loop that watches its workers.
-        with contextlib.suppress(RendezvousConnectionError, Interrupted):
-            self._driver.run(publish_window(self.params, a, window=window, payload=payload))
-
-    def collect_window(self, window: int) -> list[str]:
-        a = self.assignment
-        if a is None or self._driver.now() < self._retry_at:
-            return []
-        try:
-            return self._driver.run(collect_window(self.params, a, window=window))
-        except (RendezvousConnectionError, Interrupted):
-            return []
 
     def finish(self, *, succeeded: bool = True) -> None:
         a = self.assignment
