@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.scenario.loader import ScenarioError, dump_scenario, load_scenario_text
-from chaos.scenario.schema import Scenario
+from chaos.scenario.loader import dump_scenario
 from chaos.topology.store_links import linked_nodes
+from tests.unit.test_scenario_loader import error as scenario_error
+from tests.unit.test_scenario_loader import load
 
 TOXIC = """name: t
 topology: {{nodes: 3{topo}}}
@@ -26,15 +27,8 @@ def toxic(
     return TOXIC.format(node=node, toxic=kind, extra=extra, topo=topo)
 
 
-def load(text: str) -> Scenario:
-    return load_scenario_text(text, source="s.yaml")
-
-
 def error(text: str) -> str:
-    with pytest.raises(ScenarioError) as info:
-        load(text)
-    assert "\n" not in str(info.value)
-    return str(info.value)
+    return str(scenario_error(text))  # one line, asserted there
 
 
 def test_a_toxic_loads_with_toxiproxys_fields_and_round_trips() -> None:
