@@ -44,7 +44,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from multi_node import _alive, _stat
 from single_node import TOOLS, BenchError, _descendants, _tail, _version
@@ -317,13 +316,16 @@ def _store(backend: str) -> Iterator[tuple[str, Callable[[], int | None], Callab
         yield f"127.0.0.2:{port}", (lambda: _segs_in(port)), (lambda: 0)
 
 
-def run_job(scratch: Path, tool: str, backend: str, agents: int, args: argparse.Namespace) -> Result:
+def run_job(
+    scratch: Path, tool: str, backend: str, agents: int, args: argparse.Namespace
+) -> Result:
     res = Result(tool, backend, agents)
     budget = args.budget if tool == OURS else args.torchrun_budget
     nnodes = f"{max(1, agents // 2)}:{agents}"  # MAX forms at once; the loss leaves >= MIN
-    with _store(backend) as (endpoint, ops, store_pid), Fleet(
-        scratch, tool, nnodes, backend, endpoint
-    ) as fleet:
+    with (
+        _store(backend) as (endpoint, ops, store_pid),
+        Fleet(scratch, tool, nnodes, backend, endpoint) as fleet,
+    ):
         host = (lambda i: i == 0) if backend == "c10d" else (lambda i: None)
         t0 = time.time()
         for index in range(agents):  # back to back: agent 0 hosts the c10d store
