@@ -131,6 +131,7 @@ class Fleet:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     seen: set[tuple[int, str]] = field(default_factory=set)
     rounds: dict[str, list[Round]] = field(default_factory=dict)  # node -> rounds it logged
+    started: dict[str, float] = field(default_factory=dict)  # node -> its agent.started
     _offset: int = 0
 
     def __post_init__(self) -> None:
@@ -222,6 +223,8 @@ class Fleet:
             for raw in data[:end].splitlines():
                 with contextlib.suppress(ValueError, KeyError):
                     ev = json.loads(raw)
+                    if ev["event"] == "agent.started":
+                        self.started[ev["node"]] = ev["time"]
                     if ev["event"] == "rendezvous.round.complete":
                         world = int(ev["fields"]["group_world_size"])
                         self.rounds.setdefault(ev["node"], []).append(Round(ev["time"], world))
@@ -286,6 +289,7 @@ class Result:
     tool: str
     backend: str
     agents: int
+    last_up_s: float | None = None  # the last agent's `agent.started` (interpreters up)
     first_round_s: float | None = None  # event log (ours)
     first_workers_s: float | None = None  # workers' first lines (both tools)
     loss_round_s: float | None = None
@@ -333,6 +337,7 @@ def run_job(
         if tool == OURS:
             done = fleet.wait_for(lambda: fleet.all_logged(agents, t0), budget)
             res.first_round_s = None if done is None else done - t0
+            res.last_up_s = max(fleet.started.values(), default=t0) - t0
         done = fleet.wait_for(lambda: fleet.workers_started(agents, t0), budget)
         res.first_workers_s = None if done is None else done - t0
         if done is None:
@@ -393,6 +398,7 @@ def _n(value: float | None, fmt: str) -> str:
 def print_table(results: Sequence[Result]) -> bool:
     cols = [f"{r.tool} {r.backend} x{r.agents}" for r in results]
     rows: list[tuple[str, list[str]]] = [
+        ("all agents up (last agent.started)", [_s(r.last_up_s) for r in results]),
         ("first round, event log (last agent)", [_s(r.first_round_s) for r in results]),
         ("first round, workers' first lines", [_s(r.first_workers_s) for r in results]),
         ("node loss -> N-1, event log", [_s(r.loss_round_s) for r in results]),
