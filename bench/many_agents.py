@@ -320,11 +320,26 @@ def _store(backend: str) -> Iterator[tuple[str, Callable[[], int | None], Callab
         yield f"127.0.0.2:{port}", (lambda: _segs_in(port)), (lambda: 0)
 
 
+def _phase(fleet: Fleet, world: int, t_ref: float, budget: float) -> tuple[float | None, float]:
+    """Seconds from t_ref until every running agent logged a round of `world` nodes (ours
+    only, else None) and until `world` workers of that world ran; inf: not within budget,
+    one deadline for both."""
+    deadline = time.monotonic() + budget
+    logged: float | None = None
+    if fleet.tool == OURS:
+        done = fleet.wait_for(lambda: fleet.all_logged(world, t_ref), budget)
+        logged = math.inf if done is None else done - t_ref
+    left = max(0.0, deadline - time.monotonic())
+    done = fleet.wait_for(lambda: fleet.workers_started(world, t_ref), left)
+    return logged, math.inf if done is None else done - t_ref
+
+
 def run_job(
     scratch: Path, tool: str, backend: str, agents: int, args: argparse.Namespace
 ) -> Result:
     res = Result(tool, backend, agents)
     budget = args.budget if tool == OURS else args.torchrun_budget
+    fault = args.fault_budget
     nnodes = f"{max(1, agents // 2)}:{agents}"  # MAX forms at once; the loss leaves >= MIN
     with (
         _store(backend) as (endpoint, ops, store_pid),
@@ -334,13 +349,10 @@ def run_job(
         t0 = time.time()
         for index in range(agents):  # back to back: agent 0 hosts the c10d store
             fleet.start_agent(index, host(index))
+        res.first_round_s, res.first_workers_s = _phase(fleet, agents, t0, budget)
         if tool == OURS:
-            done = fleet.wait_for(lambda: fleet.all_logged(agents, t0), budget)
-            res.first_round_s = None if done is None else done - t0
             res.last_up_s = max(fleet.started.values(), default=t0) - t0
-        done = fleet.wait_for(lambda: fleet.workers_started(agents, t0), budget)
-        res.first_workers_s = None if done is None else done - t0
-        if done is None:
+        if math.isinf(res.first_workers_s):
             up = len(fleet.running())
             res.notes.append(f"first round: never within {budget:g} s ({up} agents running)")
             return res
@@ -363,32 +375,25 @@ def run_job(
         # Node loss: an agent in the middle (never the c10d store's host at index 0).
         victim = _addr(agents // 2)
         t_kill = fleet.kill_agent(victim)
-        if tool == OURS:
-            done = fleet.wait_for(lambda: fleet.all_logged(agents - 1, t_kill), args.fault_budget)
-            res.loss_round_s = None if done is None else done - t_kill
-        done = fleet.wait_for(lambda: fleet.workers_started(agents - 1, t_kill), args.fault_budget)
-        res.loss_workers_s = None if done is None else done - t_kill
-        if done is None:
-            res.notes.append(f"node loss: no world of {agents - 1} within {args.fault_budget:g} s")
+        res.loss_round_s, res.loss_workers_s = _phase(fleet, agents - 1, t_kill, fault)
+        if math.isinf(res.loss_workers_s):
+            res.notes.append(f"node loss: no world of {agents - 1} within {fault:g} s")
             return res
         # A newcomer at a fresh address; the job is back to MAX.
         t_join = fleet.start_agent(agents, host(agents))
-        if tool == OURS:
-            done = fleet.wait_for(lambda: fleet.all_logged(agents, t_join), args.fault_budget)
-            res.join_round_s = None if done is None else done - t_join
-        done = fleet.wait_for(lambda: fleet.workers_started(agents, t_join), args.fault_budget)
-        res.join_workers_s = None if done is None else done - t_join
-        if done is None:
-            res.notes.append(f"join: no world of {agents} within {args.fault_budget:g} s")
+        res.join_round_s, res.join_workers_s = _phase(fleet, agents, t_join, fault)
+        if math.isinf(res.join_workers_s):
+            res.notes.append(f"join: no world of {agents} within {fault:g} s")
             return res
-        res.exited_ok = fleet.finish(args.fault_budget)
+        res.exited_ok = fleet.finish(fault)
         if res.exited_ok != agents:
             res.notes.append(f"only {res.exited_ok} of {agents} agents exited 0 at the end")
     return res
 
 
 def _s(value: float | None) -> str:
-    return "never" if value is None else f"{value:.2f} s"
+    """None: not measured (torchrun has no event log); inf: not within the budget."""
+    return "-" if value is None else "never" if math.isinf(value) else f"{value:.2f} s"
 
 
 def _n(value: float | None, fmt: str) -> str:
@@ -425,8 +430,8 @@ def print_table(results: Sequence[Result]) -> bool:
     ok = True
     print("\ntargets (ours, event log):")
     for r in (r for r in results if r.tool == OURS):
-        first = r.first_round_s is not None and r.first_round_s < FIRST_TARGET_S
-        loss = r.loss_round_s is not None and r.loss_round_s < LOSS_TARGET_S
+        first = (r.first_round_s or math.inf) < FIRST_TARGET_S
+        loss = (r.loss_round_s or math.inf) < LOSS_TARGET_S
         ok = ok and first and loss
         print(f"  {r.backend} x{r.agents}: first round < {FIRST_TARGET_S:g} s "
               f"{'PASS' if first else 'FAIL'}, node loss < {LOSS_TARGET_S:g} s "
@@ -434,7 +439,7 @@ def print_table(results: Sequence[Result]) -> bool:
     ours = {r.backend: r for r in results if r.tool == OURS}
     for r in (r for r in results if r.tool == THEIRS):
         mine = ours.get(r.backend)
-        if mine and mine.first_workers_s and r.first_workers_s:
+        if mine and mine.first_workers_s and math.isfinite(r.first_workers_s or math.inf):
             print(f"  first round, workers: ours x{mine.agents} / torchrun x{r.agents} = "
                   f"{mine.first_workers_s / r.first_workers_s:.3f}")  # fmt: skip
     notes = [f"  {r.tool} {r.backend} x{r.agents}: {n}" for r in results for n in r.notes]
@@ -490,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average": os.getloadavg(), "commands": TOOLS,
         "results": [vars(r) for r in results],
     }  # fmt: skip
+    report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # never: null
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON written to {args.json}")
