@@ -135,8 +135,19 @@ def check_round(rnd: facts.Round, stopped: set[int], ids: dict[int, str]) -> lis
     return problems
 
 
+def _identity(rnd: facts.Round, node: int) -> object:
+    """The agent incarnation node `node` was in `rnd` (members are listed by group rank)."""
+    fields = rnd.nodes[node]
+    members, g = fields.get("members"), facts.as_int(fields.get("group_rank"))
+    if isinstance(members, list) and g is not None and 0 <= g < len(members):
+        return members[g]
+    return None
+
+
 def check_order(prev: facts.Round, cur: facts.Round) -> list[str]:
-    """Nodes in both rounds keep their relative order."""
+    """Nodes in both rounds keep their relative order. A node that came back under a new
+    identity (declared lost while cut from the store, then rejoined) is a newcomer: it
+    goes after the survivors."""
 
     def order(rnd: facts.Round) -> list[int]:
         return [
@@ -146,7 +157,7 @@ def check_order(prev: facts.Round, cur: facts.Round) -> list[str]:
             )
         ]
 
-    both = set(prev.nodes) & set(cur.nodes)
+    both = {n for n in set(prev.nodes) & set(cur.nodes) if _identity(prev, n) == _identity(cur, n)}
     before = [n for n in order(prev) if n in both]
     after = [n for n in order(cur) if n in both]
     if before != after:

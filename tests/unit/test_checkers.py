@@ -456,3 +456,16 @@ def test_ranks_of_one_incarnation_may_disagree_on_the_restart_count(kill: RunBui
             step["restart_count"] = 0
     v = judge(kill, kill_worker_scenario(), LostWorkChecker())
     assert v.status == PASS and v.measured["lost_steps"] == [3], v
+
+
+def test_a_node_back_under_a_new_identity_is_a_newcomer_not_a_survivor(tmp_path: Path) -> None:
+    """Node 0 was declared lost while cut from the store, and rejoined as a new incarnation:
+    it goes after the survivors, which is no reordering."""
+    b = RunBuilder(tmp_path)
+    b.form_round(0.1, 0, [0, 1])
+    b.form_round(1.0, 1, [1, 0], reason="node_lost")
+    members = [b.addr(1), b.addr(0) + "-again"]
+    for node in (0, 1):
+        b.edit(node, ev.RDZV_ROUND_COMPLETE, {"round": 1}, members=members)
+    b.finish(2.0, [0, 1])
+    assert rank_map(b).status == PASS, rank_map(b)
