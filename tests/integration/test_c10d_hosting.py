@@ -65,12 +65,16 @@ def test_the_first_agent_to_bind_hosts_and_the_next_joins_it(stores: list[C10dSt
     first = open_store(stores, "127.0.0.1", port, None)
     second = open_store(stores, "127.0.0.1", port, None)
     assert first.hosting and not second.hosting
+    # SET has no reply (as in torch): a read on the same connection orders it before the
+    # other connection's reads.
     first.set("k", "v")
+    assert first.get("k") == "v"
     assert second.get("k") == "v" and second.get("absent") is None
     assert second.multi_get(["k", "absent"]) == ["v", None]
     assert second.add("n", 2) == 2 and first.add("n", 1) == 3
     assert second.compare_set("c", None, "a") == "a" and first.compare_set("c", "a", "b") == "b"
     second.multi_set([("m1", "1"), ("m2", "2")])
+    assert second.get("m2") == "2"
     assert first.clone().multi_get(["m1", "m2"]) == ["1", "2"]
 
 

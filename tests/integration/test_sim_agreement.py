@@ -47,6 +47,9 @@ def _real_final_round(procs: Procs, tmp_path: Path) -> list[tuple[str, int, int,
         argv = ["--nnodes", "3:4", "--nproc-per-node", "1", "--max-restarts", "3"]
         argv += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{ADDRS[0]}:{port}"]
         argv += ["--rdzv-id", run_id, "--local-addr", addr, "--event-log", str(logs[addr])]
+        # Every loopback agent may host under torchrun's rule: name the host, so the
+        # SIGKILLed agent is never the store's.
+        argv += ["--rdzv-conf", f"is_host={int(addr == ADDRS[0])}"]
         argv += [str(WORKLOADS / "elastic.py"), str(tmp_path)]
         out = (tmp_path / f"{addr}.out").open("w")
         agents[addr] = procs.launcher(*argv, env=env, cwd=ROOT, stdout=out, stderr=out)
