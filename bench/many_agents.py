@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multi_node import _alive, _stat
+from multi_node import Reaper, _stat
 from single_node import TOOLS, BenchError, _descendants, _tail, _version
 
 BENCH = Path(__file__).resolve().parent
@@ -118,7 +118,7 @@ class Round:
 
 
 @dataclass
-class Fleet:
+class Fleet(Reaper):
     """One job of N agents. Every process it started (agents, their trees, anything with the
     job's scratch dir in argv) is SIGKILLed when the `with` block ends."""
 
@@ -153,9 +153,6 @@ class Fleet:
     def __enter__(self) -> Fleet:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()
-
     def start_agent(self, index: int, host: bool | None = None) -> float:
         addr = _addr(index)
         cmd = [*TOOLS[self.tool], "--nnodes", self.nnodes, "--nproc-per-node", "1"]
@@ -181,34 +178,6 @@ class Fleet:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         return t_kill
-
-    def remember(self, pids: Sequence[int]) -> None:
-        self.seen.update((pid, stat[19]) for pid in pids if (stat := _stat(pid)))
-
-    def _by_argv(self) -> list[int]:
-        needle, found = str(self.work).encode(), []
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-        return found
-
-    def kill_all(self) -> None:
-        for _ in range(3):  # again, in case something was forking while we killed
-            for proc in self.agents.values():
-                if proc.poll() is None:
-                    self.remember([proc.pid, *_descendants(proc.pid)])
-            self.remember(self._by_argv())
-            for pid, started in self.seen:
-                if _alive(pid, started):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            for proc in self.agents.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-            if not any(_alive(pid, started) for pid, started in self.seen):
-                return
-            time.sleep(0.2)
 
     def running(self) -> list[str]:
         return [addr for addr, proc in self.agents.items() if proc.poll() is None]

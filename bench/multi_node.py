@@ -91,9 +91,50 @@ class Line(NamedTuple):  # one line of starts.txt / ready.txt (the fields the be
     pid: int
 
 
-class Job:
-    """One multi-node job. Everything it started (agents, their process trees, every process
-    with its out dir in argv: workers, orphans) is SIGKILLed when the `with` block ends."""
+class Reaper:
+    """Ends every process a bench job started, on every exit path: its agents, their trees,
+    and every live process with the job's unique `work` dir in argv (workers, orphans),
+    each checked against the start time it was first seen with (no reused pid is hit).
+    A mixin of the jobs here and in many_agents.py, which own these attributes."""
+
+    work: Path
+    agents: dict[str, subprocess.Popen[bytes]]
+    seen: set[tuple[int, str]]
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_all()
+
+    def remember(self, pids: Sequence[int]) -> None:
+        self.seen.update((pid, stat[19]) for pid in pids if (stat := _stat(pid)))
+
+    def _by_argv(self) -> list[int]:
+        needle, found = str(self.work).encode(), []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+        return found
+
+    def kill_all(self) -> None:
+        for _ in range(3):  # again, in case something was forking while we killed
+            for proc in self.agents.values():
+                if proc.poll() is None:  # never a reaped (reusable) pid
+                    self.remember([proc.pid, *_descendants(proc.pid)])
+            self.remember(self._by_argv())
+            for pid, started in self.seen:
+                if _alive(pid, started):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for proc in self.agents.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+            if not any(_alive(pid, started) for pid, started in self.seen):
+                return
+            time.sleep(0.2)
+
+
+class Job(Reaper):
+    """One multi-node job. Everything it started is SIGKILLed when the `with` block ends."""
 
     def __init__(self, scratch: Path, tool: str, nnodes: str, flags: Sequence[str]) -> None:
         self.tool = tool
@@ -120,9 +161,6 @@ class Job:
     def __enter__(self) -> Job:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()
-
     def start_agent(self, addr: str) -> float:
         cmd = [*self.cmd, "--local-addr", addr, str(WORKLOAD), str(self.out)]
         with open(self.work / f"agent_{addr}.log", "wb") as log:
@@ -141,9 +179,6 @@ class Job:
         if self.wait_for(lambda: self.group_at("ready.txt", count, 0.0), SETUP_TIMEOUT_S) is None:
             raise self.error(f"the first {count}-node group never all-reduced")
 
-    def remember(self, pids: Sequence[int]) -> None:
-        self.seen.update((pid, stat[19]) for pid in pids if (stat := _stat(pid)))
-
     def kill_agent(self, addr: str) -> tuple[float, list[int]]:
         """SIGKILL one agent only (a lost node's agent); returns the time and its tree."""
         proc = self.agents[addr]
@@ -153,34 +188,6 @@ class Job:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         return t_kill, tree
-
-    def _by_argv(self) -> list[int]:
-        """Live processes with this job's unique out dir in argv (agents, workers, orphans)."""
-        needle, found = str(self.out).encode(), []
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-        return found
-
-    def kill_all(self) -> None:
-        for _ in range(3):  # again, in case something was forking while we killed
-            for proc in self.agents.values():
-                if proc.poll() is None:  # never a reaped (reusable) pid
-                    self.remember([proc.pid, *_descendants(proc.pid)])
-            # Workers (starts.txt's pids, orphans too, even those not yet stamped) all have
-            # the out dir in argv: found by it, a starts.txt pid never reused is trusted.
-            self.remember(self._by_argv())
-            for pid, started in self.seen:
-                if _alive(pid, started):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            for proc in self.agents.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-            if not any(_alive(pid, started) for pid, started in self.seen):
-                return
-            time.sleep(0.2)
 
     def lines(self, name: str) -> list[Line]:
         try:
