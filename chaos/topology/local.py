@@ -349,7 +349,12 @@ class LocalTopology:
         return ports
 
     def bound_ports(self) -> list[int]:
-        return procs.listening(self._job_ports())
+        """The job's ports that one of its processes (or one not found) still listens on: the
+        host's other jobs, a parallel scenario's too, may be handed a port this one gave back."""
+        owned = procs.listening_owners(self._job_ports())
+        return sorted(
+            port for port, pids in owned.items() if not pids or any(map(self._ours, pids))
+        )
 
     def supports(self, fault_kind: str) -> Support:
         if fault_kind not in FAULT_KINDS:

@@ -145,12 +145,9 @@ def send(procs: Iterable[ProcId], sig: signal.Signals) -> list[int]:
     return done
 
 
-def listening(ports: Iterable[int], *, pid: int | None = None) -> list[int]:
-    """Which of `ports` some socket is listening on (IPv4 or IPv6): in this process's network
-    namespace, or in that of process `pid` (/proc/<pid>/net shows the namespace of `pid`)."""
-    wanted = set(ports)
-    bound: set[int] = set()
-    base = "/proc/net" if pid is None else f"/proc/{pid}/net"
+def _listen_sockets(base: str, wanted: set[int]) -> dict[int, set[int]]:
+    """Port -> inodes of the sockets listening on it, from the tcp tables under `base`."""
+    found: dict[int, set[int]] = {}
     for table in (f"{base}/tcp", f"{base}/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -160,8 +157,46 @@ def listening(ports: Iterable[int], *, pid: int | None = None) -> list[int]:
             cols = line.split()
             port = int(cols[1].rsplit(":", 1)[1], 16)
             if cols[3] == _LISTEN and port in wanted:
-                bound.add(port)
-    return sorted(bound)
+                found.setdefault(port, set()).add(int(cols[9]))
+    return found
+
+
+def listening(ports: Iterable[int], *, pid: int | None = None) -> list[int]:
+    """Which of `ports` some socket is listening on (IPv4 or IPv6): in this process's network
+    namespace, or in that of process `pid` (/proc/<pid>/net shows the namespace of `pid`)."""
+    base = "/proc/net" if pid is None else f"/proc/{pid}/net"
+    return sorted(_listen_sockets(base, set(ports)))
+
+
+def listening_owners(ports: Iterable[int]) -> dict[int, set[int]]:
+    """Which of `ports` some socket listens on in this network namespace, each with the pids
+    holding that socket (empty when no live process could be found holding it).
+
+    A port number alone does not say whose it is: another job on the same host can be handed
+    the ephemeral port this job used and gave back."""
+    sockets = _listen_sockets("/proc/net", set(ports))
+    by_inode = {inode: port for port, inodes in sockets.items() for inode in inodes}
+    owners: dict[int, set[int]] = {port: set() for port in sockets}
+    if not by_inode:
+        return owners
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"{entry.path}/fd")
+        except OSError:
+            continue  # gone, or a kernel thread
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    port = by_inode.get(int(target[8:-1]))
+                    if port is not None:
+                        owners[port].add(int(entry.name))
+    return owners
 
 
 def parse_signal(name: str | int) -> signal.Signals:
