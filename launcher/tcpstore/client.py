@@ -53,6 +53,8 @@ _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
 _RECV_CHUNK = 64 * 1024
+# The expectation of a read-only COMPARE_SET: no value the launcher writes (see get_if_present).
+_ABSENT = b"\x00launcher:absent\x00"
 # Between connect attempts: quick at first (the host is usually a moment away), then at most
 # a second, as torch's kConnectRetryDelay.
 _FIRST_RETRY_S, _MAX_RETRY_S = 0.05, 1.0
@@ -326,21 +328,25 @@ class StoreClient:
         )
 
     def get_if_present(self, key: str) -> bytes | None:
-        """The value, or None at once if the key is absent (CHECK, then GET)."""
+        """The value, or None at once if the key is absent (one round trip)."""
         return self.multi_get_if_present([key])[0]
 
     def multi_get_if_present(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values, None for absent keys, in two round trips: one CHECK per key, sent
-        together (replies come in order), then one MULTI_GET of those present."""
+        """The values, None for absent keys, in one round trip: a COMPARE_SET per key
+        expecting `_ABSENT`, sent together (replies come in order).
+
+        TCPStore has no read that answers "absent": a GET of a missing key blocks in torch's
+        client and reads as empty in its server. A compare-and-set whose expected value is
+        no value the launcher writes changes nothing and answers with the current value,
+        or, for a missing key, with the expectation itself (torch's servers, and ours)."""
         if not keys:
             return []
-        checks = b"".join(encode_request(Request(op=Q.CHECK, keys=(_wire(k),))) for k in keys)
-        ready = self._call(
-            "check", checks, lambda: [self._u8() == CheckResponse.READY for _ in keys]
+        probe = (_ABSENT, _ABSENT)
+        reads = b"".join(
+            encode_request(Request(op=Q.COMPARE_SET, keys=(_wire(k),), values=probe)) for k in keys
         )
-        present = [k for k, here in zip(keys, ready, strict=True) if here]
-        found = iter(self._multi_get(present) if present else [])
-        return [next(found) if here else None for here in ready]
+        found = self._call("get", reads, lambda: [self._blob() for _ in keys])
+        return [None if value == _ABSENT else value for value in found]
 
     def delete_key(self, key: str) -> bool:
         request = Request(op=Q.DELETE_KEY, keys=(_wire(key),))
