@@ -186,6 +186,36 @@ def test_a_stalled_watcher_does_not_declare_its_successor_dead() -> None:
     assert tick(14.0) == "node_lost" and store.get(K.dead("b")) == "lost"
 
 
+def _slow_tick(store: MemoryStore, watch: WatchState, start: float, op_s: float) -> Any:
+    """One heartbeat of watcher "a" whose every store operation takes `op_s` seconds."""
+    times = itertools.count(start + op_s, op_s)
+    return run(store, heartbeat(P, "a", watch, now=start), times)
+
+
+def test_a_slow_store_is_no_stall_and_no_silence() -> None:
+    """Under a loaded store every tick is slow, the watched node's beats too (one every
+    2.8 s here, against a 3 s window): the watcher neither resets its count on every look
+    (the gap between its reads includes its own slow tick) nor blames a live node whose
+    beat fell just outside two looks. A node that stopped beating is still declared."""
+    store = MemoryStore()
+    watch = WatchState(round=0, group_world_size=2, watched="b")
+    beats = [0.5 + 2.8 * i for i in range(20)]  # when "b"'s beats land
+    start, seen, news = 0.0, 0, None
+    while start < 40.0 and news is None:
+        due = sum(1 for t in beats if t <= start + 0.9)  # the read is the 3rd op of 4
+        store.add(K.hb("b"), due - seen)
+        seen = due
+        news = _slow_tick(store, watch, start, op_s=0.3)
+        start += 1.0 + 1.2  # the interval, then the tick's own 4 operations
+    assert news is None and store.get(K.dead("b")) is None  # "b" beat throughout
+    assert start >= 40.0
+    while news is None and start < 60.0:  # "b" is gone: no more beats
+        news = _slow_tick(store, watch, start, op_s=0.3)
+        start += 2.2
+    assert news == "node_lost" and store.get(K.dead("b")) == "lost"
+    assert start < 40.0 + 4 * 2.2 + 3.0  # within a few looks of the window
+
+
 class Flaky(MemoryStore):
     """A MemoryStore whose operations raise like a reset TCPStore while `down` is set;
     `lose_reply_of` makes the next call of that method apply and then raise (a lost reply)."""

@@ -190,6 +190,7 @@ class WatchState:
     last_value: int | None = None
     last_change: float = 0.0
     last_seen: float = 0.0  # when this watcher last read the watched counter
+    quiet_looks: int = 0  # looks since the counter last changed
 
 
 def heartbeat(
@@ -201,6 +202,7 @@ def heartbeat(
     new id), "node_lost" if it just declared its watched node dead, else None.
     """
     k = Keys(p.run_id)
+    started = now
     yield Add(k.hb(me), 1)
     if watch is not None:
         yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
@@ -210,15 +212,21 @@ def heartbeat(
     if watch is None or not watch.watched:
         return None
     value, now = yield Add(k.hb(watch.watched), 0)
-    # A watcher that could not look for a while (its own store access failed or hung, or
-    # it was paused) has no evidence against the watched node: its beats may have failed
-    # for the same reason (a store outage stalls every node). It starts counting afresh.
-    stalled = now - watch.last_seen > _STALLED_AFTER_BEATS * p.keep_alive_interval_s
+    # A watcher that could not look for a while (its own store access failed, or it was
+    # paused) has no evidence against the watched node: its beats may have failed for the
+    # same reason (a store outage stalls every node). It starts counting afresh. Only the
+    # idle time before this tick counts as not looking: under a slow store every tick is
+    # slow, the watched node's too, and a gap that included them would reset every look.
+    stalled = started - watch.last_seen > _STALLED_AFTER_BEATS * p.keep_alive_interval_s
     watch.last_seen = now
     if value != watch.last_value or stalled:
-        watch.last_value, watch.last_change = int(value), now
+        watch.last_value, watch.last_change, watch.quiet_looks = int(value), now, 0
         return None
-    if now - watch.last_change < _dead_after_s(p):
+    watch.quiet_looks += 1
+    # Silent for the whole window, and over as many looks as beats it may miss: when ticks
+    # are slow (a loaded store) one look can fall just before a beat and the next just after
+    # the one after it.
+    if now - watch.last_change < _dead_after_s(p) or watch.quiet_looks < p.keep_alive_max_attempt:
         return None
     if (yield from round_finishing(p, watch.round)):
         return None  # it stopped beating because it finished: its exit barrier has begun
