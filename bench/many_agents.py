@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multi_node import Reaper, _stat
-from single_node import TOOLS, BenchError, _descendants, _tail, _version
+from single_node import TOOLS, BenchError, _descendants, _tail, _version, tool_env
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -140,15 +140,15 @@ class Fleet(Reaper):
         self.events = self.work / "events.jsonl"
         self.stamps = self.work / "stamps.txt"
         self.stop = self.work / "stop"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PET_", "TORCHELASTIC_")) and k != "OMP_NUM_THREADS"
-        }
-        # The worktree's launcher, whatever is installed; TMPDIR: default log dirs go away.
+        env = tool_env(self.work / "tmp", self.scratch / "pycache")
+        # The worktree's launcher, whatever is installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["TMPDIR"] = str(self.work / "tmp")
         self.env = env
+        # Compiled once, before any agent starts, as an installed package is.
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")],
+            env=env, check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def __enter__(self) -> Fleet:
         return self
@@ -408,9 +408,10 @@ def print_table(results: Sequence[Result]) -> bool:
     ours = {r.backend: r for r in results if r.tool == OURS}
     for r in (r for r in results if r.tool == THEIRS):
         mine = ours.get(r.backend)
-        if mine and mine.first_workers_s and math.isfinite(r.first_workers_s or math.inf):
+        theirs = r.first_workers_s
+        if mine and mine.first_workers_s and theirs is not None and math.isfinite(theirs):
             print(f"  first round, workers: ours x{mine.agents} / torchrun x{r.agents} = "
-                  f"{mine.first_workers_s / r.first_workers_s:.3f}")  # fmt: skip
+                  f"{mine.first_workers_s / theirs:.3f}")  # fmt: skip
     notes = [f"  {r.tool} {r.backend} x{r.agents}: {n}" for r in results for n in r.notes]
     if notes:
         print("\nnotes:\n" + "\n".join(notes))
