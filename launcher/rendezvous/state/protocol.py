@@ -48,6 +48,7 @@ _SPARE_POLL_FACTOR = 10
 # joiners a poll every 0.5 s instead of 2000 reads a second), never slower than _MAX_POLL_S.
 _FULL_RATE_POLLERS = 10
 _MAX_POLL_S = 1.0
+_PROMPT_ASSIGN_S = 0.5
 # How long a store host waits for the other members' goodbyes after the job is done.
 _HOST_GRACE_S = 10.0
 
@@ -145,6 +146,7 @@ def _join_round(
                 yield from bump(p, cur, reason=SCALE_UP, by=me.node_id, expected=members + 1)
             return None
         return (yield from wait_for_change(p, rnd, by=me.node_id))
+    closed_at = now
     give_up = now + p.assign_timeout_s
     while True:
         raw, now = yield Get(k.assign(rnd, slot))
@@ -160,7 +162,10 @@ def _join_round(
             if round_of(cur) == rnd:
                 yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
             return None
-        yield Sleep(spread_poll_s(p, size))
+        # The closer publishes the assignments right after closing: worth the full rate for
+        # a moment; after that it may be gone (see give_up), and the spread rate will do.
+        prompt = now - closed_at < _PROMPT_ASSIGN_S
+        yield Sleep(p.poll_interval_s if prompt else spread_poll_s(p, size))
 
 
 def spread_poll_s(p: Params, pollers: int) -> float:
