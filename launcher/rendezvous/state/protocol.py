@@ -107,20 +107,19 @@ def _join_round(
     if slot >= p.max_nodes:
         return (yield from wait_for_change(p, rnd, by=me.node_id))
     min_seen_at: float | None = None
+    # Everything a waiting joiner looks at, in one read per poll (one etcd txn, one
+    # pipelined TCPStore round trip); the counters are Add's decimal strings.
+    looks = (k.r(rnd, "close"), k.round, k.r(rnd, "seq"), k.r(rnd, "expected"))
     while True:
-        closed, now = yield Get(k.r(rnd, "close"))
+        (closed, cur, seen, lowered_raw), now = yield MultiGet(looks)
         if closed is not None:
             break
-        cur, now = yield Get(k.round)
         if round_of(cur) != rnd:
             return None
-        joined, now = yield Add(k.r(rnd, "seq"), 0)
-        lowered = 0
-        if joined >= p.min_nodes:  # below it, no count of the expected can close the round
-            lowered, now = yield Add(k.r(rnd, "expected"), 0)
+        joined, lowered = int(seen or 0), int(lowered_raw or 0)
         if joined >= p.min_nodes and min_seen_at is None:
             min_seen_at = now
-        size = decide_size(p, int(joined), hint + int(lowered), min_seen_at, now)
+        size = decide_size(p, joined, hint + lowered, min_seen_at, now)
         if size:
             decision = json.dumps({"size": size, "closer": me.node_id})
             closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
@@ -131,10 +130,10 @@ def _join_round(
             raise RendezvousTimeout(
                 run_id=p.run_id,
                 waited_s=p.join_timeout_s,
-                joined=int(joined),
+                joined=joined,
                 needed=p.min_nodes,
             )
-        yield Sleep(spread_poll_s(p, int(joined)))
+        yield Sleep(spread_poll_s(p, joined))
     size = int(json.loads(closed)["size"])
     if slot >= size:
         # Took a slot just after the round closed. With room left, ask for a new round at
@@ -149,12 +148,11 @@ def _join_round(
     closed_at = now
     give_up = now + p.assign_timeout_s
     while True:
-        raw, now = yield Get(k.assign(rnd, slot))
+        (raw, cur), now = yield MultiGet((k.assign(rnd, slot), k.round))
         if raw == EXCLUDED:
             return Excluded(round=rnd)  # declared dead before the round closed
         if raw is not None:
             return Assignment.from_json(raw)
-        cur, now = yield Get(k.round)
         if round_of(cur) != rnd:
             return None  # the closer gave the round up (see _close_round)
         if now >= give_up:
