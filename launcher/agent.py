@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher import announce
 from launcher import events as ev
@@ -38,8 +39,6 @@ from launcher.failures.report import (
     root_cause,
 )
 from launcher.inbox import SignalInbox
-from launcher.progress.evidence import gather
-from launcher.progress.incident import HangReport
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
@@ -55,6 +54,9 @@ from launcher.workers.env import (
 from launcher.workers.group import Worker, WorkerGroup, WorkerSpec, dump_target
 from launcher.workers.logs import AttemptLogs, RunLogs, route_stream
 from launcher.workers.pump import OutputPump
+
+if TYPE_CHECKING:
+    from launcher.progress.incident import HangReport
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +221,10 @@ class Agent:
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
     def _evidence(self, state: str, rnd: RoundInfo) -> HangReport | None:
-        """Every running rank's stack before anything is stopped, when a hang may be why."""
+        """Every running rank's stack before anything is stopped, when a hang may be why
+        (imported here: dumps are rare, and every agent's start pays for its imports)."""
+        from launcher.progress.evidence import gather
+
         return gather(
             detected=self._incident if state == HUNG else None,
             moved_for=self._changed if state == MEMBERSHIP else None,
