@@ -80,6 +80,9 @@ class RendezvousOptions:
     store_outage_timeout_s: float = 30.0
     timeout_s: float = 900.0
     is_host: bool | None = None
+    # A file holding the job secret that signs every rendezvous value (never the secret
+    # itself: a command line is visible to every user of the machine through `ps`).
+    secret_file: str | None = None
     store_type: str = "tcp"
     rank: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -155,6 +158,8 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
             fields["is_host"] = _as_bool(key, value)
         elif key == "rank":
             fields["rank"] = int(_as_number(key, value, integer=True))
+        elif key == "secret_file":
+            fields["secret_file"] = value
         elif key == "store_type":
             if value not in ("tcp", "file"):
                 raise ConfigError(
@@ -170,6 +175,7 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
                     "keep_alive_max_attempt",
                     "is_host",
                     "rank",
+                    "secret_file",
                     "store_type",
                     *_PASSTHROUGH_KEYS,
                 ]

@@ -26,6 +26,7 @@ RDZV_ROUND_COMPLETE = "rendezvous.round.complete"
 RDZV_CHANGED = "rendezvous.membership.changed"
 RDZV_STORE_LOST = "rendezvous.store.lost"
 RDZV_STORE_RESTORED = "rendezvous.store.restored"
+RDZV_VALUE_REJECTED = "rendezvous.value.rejected"
 WORKER_STARTED = "worker.started"
 WORKER_EXITED = "worker.exited"
 GROUP_FAILED = "group.failed"
@@ -50,6 +51,7 @@ KNOWN_EVENTS = frozenset(
         RDZV_CHANGED,
         RDZV_STORE_LOST,
         RDZV_STORE_RESTORED,
+        RDZV_VALUE_REJECTED,
         WORKER_STARTED,
         WORKER_EXITED,
         GROUP_FAILED,

@@ -4,6 +4,7 @@ endpoint default ports, nproc keywords) and rejecting bad input before anything 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.machinery
 import os
 import shutil
@@ -28,6 +29,7 @@ from launcher.config import (
     parse_std_spec,
 )
 from launcher.errors import ConfigError
+from launcher.secret import read_secret, secret_file
 
 
 def _cpu_count() -> int:
@@ -207,6 +209,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             fix=f"use one of {KNOWN_BACKENDS}",
         )
     rdzv = parse_rdzv_conf(str(args.rdzv_conf))
+    secret_path = secret_file(rdzv.secret_file, env)
+    if secret_path is not None:
+        read_secret(secret_path)  # at start: a missing or bad file starts nothing
+        rdzv = dataclasses.replace(rdzv, secret_file=secret_path)
     run_id = str(args.rdzv_id)
     endpoint_text = str(args.rdzv_endpoint)
     master_port = args.master_port

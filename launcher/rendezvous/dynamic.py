@@ -25,7 +25,7 @@ from launcher.errors import RendezvousConnectionError, RendezvousTimeoutError
 from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore
 from launcher.rendezvous.backends import open_store
 from launcher.rendezvous.driver import Driver, Interrupted, first_line
-from launcher.rendezvous.health import StoreHealth
+from launcher.rendezvous.health import RejectReport, StoreHealth
 from launcher.rendezvous.local import bind_listener
 from launcher.rendezvous.side_channel import SideChannel
 from launcher.rendezvous.state import (
@@ -34,6 +34,7 @@ from launcher.rendezvous.state import (
     Excluded,
     Feedback,
     JobOver,
+    Keys,
     NodeInfo,
     Op,
     Params,
@@ -49,6 +50,9 @@ from launcher.rendezvous.state import (
     report_failure,
     retire,
 )
+from launcher.rendezvous.state.signing import Seal
+from launcher.rendezvous.store import Store
+from launcher.secret import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,13 @@ class DynamicRendezvous(SideChannel):
         factory = open_store(config)
         self._store = factory()
         self._hosting = bool(getattr(self._store, "hosting", False))
-        self._driver = Driver(self._store, interrupt_fd=interrupt_fd)
+        self._rejects = RejectReport(
+            events or ev.NullEventSink(), prefix=Keys(config.run_id).prefix
+        )
+        self._seal = (
+            Seal(read_secret(opts.secret_file), config.run_id) if opts.secret_file else None
+        )
+        self._driver = self._new_driver(self._store, interrupt_fd=interrupt_fd)
         self._health = StoreHealth(
             window_s=opts.store_outage_timeout_s,
             events=events or ev.NullEventSink(),
@@ -284,7 +294,7 @@ class DynamicRendezvous(SideChannel):
 
     def leave(self) -> None:
         try:
-            Driver(self._store).run(leave(self.params, self.assignment, me=self.node_id))
+            self._new_driver(self._store).run(leave(self.params, self.assignment, me=self.node_id))
         except (RendezvousConnectionError, RuntimeError, OSError) as err:
             log.warning("could not announce this node's departure: %s", err)
 
@@ -343,8 +353,13 @@ class DynamicRendezvous(SideChannel):
         else:
             listener.close()
 
+    def _new_driver(self, store: Store, *, interrupt_fd: int | None = None) -> Driver:
+        return Driver(
+            store, interrupt_fd=interrupt_fd, seal=self._seal, on_reject=self._rejects.rejected
+        )
+
     def _heartbeats(self) -> None:
-        driver = Driver(self._hb_store)
+        driver = self._new_driver(self._hb_store)
         interval = self.params.keep_alive_interval_s
         while not self._stop.wait(interval):
             with self._lock:

@@ -91,3 +91,43 @@ class StoreHealth:
                 f"{self.window_s:g} s); last error: {error}"
             )
         return RendezvousConnectionError(problem, run_id=self._run_id, endpoint=self._endpoint)
+
+
+# A forger can rewrite a key that every node polls 20 times a second: one event per key at
+# most this often, with the count of values rejected since the last one.
+REJECT_REPORT_EVERY_S = 10.0
+
+
+class RejectReport:
+    """Reports store values that failed the job secret's check (`rendezvous.value.rejected`
+    and a warning), at most once per key every REJECT_REPORT_EVERY_S."""
+
+    def __init__(
+        self,
+        events: ev.EventSink,
+        *,
+        prefix: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._events, self._prefix, self._clock = events, prefix, clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}  # key -> when it was last reported
+        self._held: dict[str, int] = {}  # key -> rejections not reported yet
+
+    def rejected(self, key: str) -> None:
+        name = key.removeprefix(self._prefix)
+        now = self._clock()
+        with self._lock:
+            count = self._held.get(name, 0) + 1
+            last = self._last.get(name)
+            if last is not None and now - last < REJECT_REPORT_EVERY_S:
+                self._held[name] = count
+                return
+            self._held[name], self._last[name] = 0, now
+        log.warning(
+            "rendezvous: ignored %d value(s) under %r that fail the job secret's check "
+            "(a process without the secret, or a node with another one, wrote there)",
+            count,
+            name,
+        )
+        self._events.emit(ev.RDZV_VALUE_REJECTED, key=name, count=count, first=last is None)

@@ -74,6 +74,7 @@ def test_module_no_python_and_run_path(procs: Procs, tmp_path: Path) -> None:
         (["--rdzv-backend", "c10d", "--rdzv-endpoint", "a:1,b:2", "{probe}"], "one endpoint"),
         (["--rdzv-endpoint", "bad host!", "--nnodes", "2", "{probe}"], "--rdzv-endpoint"),
         (["--max-restarts", "x", "{probe}"], "max-restarts"),
+        (["--rdzv-conf", "secret_file=/nonexistent/job.secret", "{probe}"], "secret_file"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

@@ -28,7 +28,7 @@ Keys, all under `rdzv/<run_id>/` (values are JSON or plain strings, never pickle
                         only group rank 0 reads them, to score stragglers job-wide
     last                the last completed round {round, size, restart_count, members}
                         (members: node ids, listed for rounds of up to 64 nodes)
-    hb/<node>           heartbeat counter of one agent incarnation
+    hb/<node>           heartbeat count of one agent incarnation (only it writes it: Set)
     dead/<node>         "lost" or "left": this incarnation may never join again
     done                "succeeded" or "failed": the job is over (spares exit 0)
     spares              counter: nodes waiting as spares right now
@@ -238,6 +238,16 @@ class Keys:
 
     def dead(self, node_id: str) -> str:
         return f"{self.prefix}dead/{node_id}"
+
+
+# The keys the store adds to (`Add`): plain decimal integers, never sealed (see signing.py).
+COUNTERS = frozenset(
+    {"seq", "expected", "succeeded", "alive", "dumped", "spares", "spares_seen_end"}
+)
+
+
+def is_counter(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in COUNTERS
 
 
 def round_of(value: str | None) -> int:

@@ -187,7 +187,7 @@ class WatchState:
     round: int
     group_world_size: int
     watched: str
-    last_value: int | None = None
+    last_value: str | None = None
     last_change: float = 0.0
     last_seen: float = 0.0  # when this watcher last read the watched counter
     quiet_looks: int = 0  # looks since the counter last changed
@@ -203,7 +203,8 @@ def heartbeat(
     """
     k = Keys(p.run_id)
     started = now
-    yield Add(k.hb(me), 1)
+    # Any new value is a beat: this node's own clock will do (only it writes the key).
+    yield Set(k.hb(me), repr(started))
     if watch is not None:
         yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
     mine, now = yield Get(k.dead(me))
@@ -211,7 +212,7 @@ def heartbeat(
         return "declared_dead"
     if watch is None or not watch.watched:
         return None
-    value, now = yield Add(k.hb(watch.watched), 0)
+    value, now = yield Get(k.hb(watch.watched))
     # A watcher that could not look for a while (its own store access failed, or it was
     # paused) has no evidence against the watched node: its beats may have failed for the
     # same reason (a store outage stalls every node). It starts counting afresh. Only the
@@ -220,7 +221,7 @@ def heartbeat(
     stalled = started - watch.last_seen > _STALLED_AFTER_BEATS * p.keep_alive_interval_s
     watch.last_seen = now
     if value != watch.last_value or stalled:
-        watch.last_value, watch.last_change, watch.quiet_looks = int(value), now, 0
+        watch.last_value, watch.last_change, watch.quiet_looks = value, now, 0
         return None
     watch.quiet_looks += 1
     # Silent for the whole window, and over as many looks as beats it may miss: when ticks
