@@ -45,11 +45,13 @@ from launcher.rendezvous.state import (
     report_failure,
     retire,
 )
+from launcher.rendezvous.state.signing import Seal, signed
 
 if TYPE_CHECKING:
     from chaos.sim.engine import Simulation
 
 Program = Generator[Op, Any, None]
+SIM_SECRET = b"the simulated job's secret"
 T = TypeVar("T")
 
 # Agent states, as the checker and the liveness check see them.
@@ -115,9 +117,19 @@ class VirtualAgent:
         self.retry_at = 0.0  # a failed check waits until then
         self.reached = False  # any op answered: a store never reached is no outage to ride out
         self.info: NodeInfo | None = None
-        self.main = Task(self, "main", self._main())
-        self.beats = Task(self, "beat", self._beats())
+        # One seal per agent process, shared by its threads and kept across its identities
+        # (as dynamic.py's); what it rejects is counted for the run's result.
+        self.seal = (
+            Seal(SIM_SECRET, sim.params.run_id, on_reject=sim.on_rejected)
+            if sim.cfg.secret
+            else None
+        )
+        self.main = Task(self, "main", self._sealed(self._main()))
+        self.beats = Task(self, "beat", self._sealed(self._beats()))
         self.beating = False
+
+    def _sealed(self, program: Program) -> Program:
+        return program if self.seal is None else signed(program, self.seal)
 
     def _new_id(self) -> str:
         # dynamic.py: "<addr>-<pid>-<random>"; here the index and incarnation say it all.

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--until", type=float, help="stop at this virtual time (s)")
     ap.add_argument("--settle", type=float, help="settled time before an early stop (s)")
     ap.add_argument("--allow", default="", help="comma list of violation codes to tolerate")
+    ap.add_argument(
+        "--secret", action="store_true", help="a job secret: every value sealed (forge needs it)"
+    )
     ap.add_argument("--json", type=Path, help="where the JSON goes (default runs/sim/...)")
     ap.add_argument(
         "--sweep",
@@ -117,6 +120,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         until_s=args.until,
         settle_s=args.settle,
         allow=frozenset(filter(None, args.allow.split(","))),
+        secret=args.secret,
     )
     cfg.validate()
     return cfg
@@ -155,7 +159,7 @@ def main(argv: Sequence[str]) -> int:
 
 def replay(args: argparse.Namespace, result: SimResult) -> str:
     cmd = f"chaos sim --nodes {result.nodes} --min {result.min_nodes} --max {result.max_nodes}"
-    cmd += f" --seed {result.seed}"
+    cmd += f" --seed {result.seed}" + (" --secret" if result.secret else "")
     if result.faults:
         cmd += f" --faults '{result.faults}'"
     defaults = build_parser().parse_args(["--nodes", "1"])
@@ -208,6 +212,8 @@ def format_result(r: SimResult) -> str:
     ]
     if r.exits:
         lines.append(f"agents gone: {r.exits}; declared dead and rejoined: {r.declared_dead}")
+    if r.secret:
+        lines.append(f"signed: {r.forged} forged value(s) written, {r.rejected} read(s) refused")
     return "\n".join(lines)
 
 

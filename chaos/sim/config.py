@@ -56,6 +56,9 @@ class SimConfig:
     settle_s: float | None = None
     # A hard stop in virtual seconds; None: the faults' end + the liveness bound + settle.
     until_s: float | None = None
+    # A job secret: every agent seals what it writes and checks what it reads (signing.py);
+    # `forge` faults need it (without one a forged value is simply believed).
+    secret: bool = False
     # Record every event (tests of determinism); costs memory at scale.
     trace: bool = False
     # Safety violations to tolerate (known protocol issues), by code; see checks.py.
@@ -87,6 +90,8 @@ class SimConfig:
             raise ValueError(f"need 1 <= min ({self.min_nodes}) <= max ({self.max_nodes})")
         if self.addrs and len(self.addrs) != self.nodes:
             raise ValueError(f"{len(self.addrs)} addresses for {self.nodes} nodes")
+        if any(f.kind == "forge" for f in self.faults) and not self.secret:
+            raise ValueError("a forge fault needs a job secret (--secret): unsigned, forging wins")
         for fault in self.faults:
             for node in fault.nodes:
                 if not 0 <= node < self.nodes:

@@ -31,6 +31,7 @@ from chaos.sim.agent import (
 from chaos.sim.checks import Checker, liveness_bound_s
 from chaos.sim.config import SimConfig
 from chaos.sim.faults import Fault, quiet_at, resolve
+from chaos.sim.forger import FORGE_EVERY_S, forge
 from chaos.sim.store import SimStore
 from launcher.rendezvous.state import Keys, NodeInfo, Op, Sleep, is_write, round_of
 
@@ -55,7 +56,9 @@ class Simulation:
         self._seq = itertools.count()
         self.checker = Checker(self)
         self.store = SimStore(self.params.run_id, cfg.nodes, self.checker)
-        self._round_key = Keys(self.params.run_id).round
+        self._keys = Keys(self.params.run_id)
+        self._round_key = self._keys.round
+        self.forged = self.rejected = 0  # forge faults: values written, values readers refused
         self.agents = [
             VirtualAgent(self, i, cfg.addr(i), cfg.nproc_per_node) for i in range(cfg.nodes)
         ]
@@ -260,6 +263,9 @@ class Simulation:
             self._push(fault.at_s, CALL, None, 0, lambda: self._window(fault, True))
             self._push(fault.end_s, CALL, None, 0, lambda: self._window(fault, False))
             return
+        if fault.kind == "forge":
+            self._push(fault.at_s, CALL, None, 0, lambda: self._forge(fault))
+            return
         if fault.kind == "restart":
             act = lambda: self._restart(fault)  # noqa: E731
         else:
@@ -275,6 +281,15 @@ class Simulation:
         self.latency_factor = math.prod(self._windows["spike"])
         self.drop_p = 1.0 - math.prod(1.0 - p for p in self._windows["drop"])
         self.delay_s = max(self._windows["delay"], default=0.0)
+
+    def _forge(self, fault: Fault) -> None:
+        live = [a.node_id for a in self.agents if a.state != GONE]
+        self.forged += forge(self.store, self._keys, live_ids=live, max_nodes=self.cfg.max_nodes)
+        if self.now + FORGE_EVERY_S < fault.end_s:
+            self._push(self.now + FORGE_EVERY_S, CALL, None, 0, lambda: self._forge(fault))
+
+    def on_rejected(self, key: str) -> None:
+        self.rejected += 1
 
     def _restart(self, fault: Fault) -> None:
         self.store_down_until = max(self.store_down_until, fault.end_s)
@@ -311,7 +326,7 @@ class Simulation:
         live = [a for a in self.agents if a.state != GONE]
         if len(live) < self.cfg.min_nodes:
             return None
-        rnd = round_of(self.store.data.get(self._round_key))
+        rnd = round_of(self.store.value(self._round_key))
         record = self.checker.rounds.get(rnd)
         if record is None or record.complete_at is None:
             return None

@@ -14,6 +14,8 @@ one-line specs so a failing schedule can be replayed from the command line.
     delay:0.5@10+2      each reply comes up to 0.5 s late for 2 s
     restart@10+2        the store is down for 2 s (data kept, as etcd's is)
     restart:wipe@10+2   ... and comes back empty (a c10d host that restarted)
+    forge@10+5          an intruder without the job secret writes forged values every 0.1 s
+                        for 5 s (needs --secret; see chaos/sim/forger.py)
 
 Node sets: `3`, `0-4`, `1/5/9`, `~3` (three nodes drawn from the seed), `~1%`.
 """
@@ -27,9 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 NODE_KINDS = ("crash", "pause", "leave", "fail", "late", "partition")
-STORE_KINDS = ("spike", "drop", "delay", "restart")
+STORE_KINDS = ("spike", "drop", "delay", "restart", "forge")
 KINDS = NODE_KINDS + STORE_KINDS
 WINDOW_KINDS = frozenset({"pause", "partition", *STORE_KINDS})
+# What random schedules draw from (forging needs a job secret, and a seed's schedule must
+# not change as kinds are added).
+DRAWN_KINDS = tuple(k for k in KINDS if k != "forge")
 
 _SPEC = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<arg>[^@]+))?@(?P<at>[0-9.]+)(?:\+(?P<dur>[0-9.]+))?$")
 
@@ -61,6 +66,8 @@ class Fault:
             arg = f"~{self.pick}" if self.pick else format_nodes(self.nodes)
         elif self.kind == "restart":
             arg = "wipe" if self.value else ""
+        elif self.kind == "forge":
+            arg = ""
         else:
             arg = f"{self.value:g}"
         text = f"{self.kind}{':' + arg if arg else ''}@{self.at_s:g}"
@@ -85,6 +92,10 @@ def parse_fault(spec: str) -> Fault:
         if arg.startswith("~"):
             return Fault(kind=kind, at_s=at, duration_s=dur, pick=_check_pick(spec, arg[1:]))
         return Fault(kind=kind, at_s=at, duration_s=dur, nodes=_parse_nodes(spec, arg))
+    if kind == "forge":
+        if arg:
+            raise FaultSpecError(spec, "forge takes no argument")
+        return Fault(kind=kind, at_s=at, duration_s=dur)
     if kind == "restart":
         if arg not in ("", "wipe"):
             raise FaultSpecError(spec, "restart takes no argument or `wipe`")
@@ -160,7 +171,7 @@ def draw(
     """`count` faults drawn from the seed, at times within [start_s, start_s + window_s)."""
     faults = []
     for _ in range(count):
-        kind = rng.choice(KINDS)
+        kind = rng.choice(DRAWN_KINDS)
         at = round(start_s + rng.random() * window_s, 3)
         dur = round(0.5 + rng.random() * 9.5, 3) if kind in WINDOW_KINDS else 0.0
         picked = tuple(sorted(rng.sample(range(nodes), rng.randint(1, max(1, nodes // 4)))))

@@ -74,6 +74,9 @@ class SimResult:
     steady_ops_per_node_s: float  # while the settled round runs: check_round + heartbeats
     exits: dict[str, int] = field(default_factory=dict)
     declared_dead: int = 0
+    secret: bool = False
+    forged: int = 0  # values a forge fault wrote
+    rejected: int = 0  # reads that found a value failing the secret's check (all agents)
     trace: list[tuple[Any, ...]] | None = None
 
     @property
@@ -170,6 +173,9 @@ def _result(sim: Simulation, cfg: SimConfig, safety: str, wall: float) -> SimRes
         steady_ops_per_node_s=steady,
         exits=dict(checker.exits),
         declared_dead=checker.declared_dead,
+        secret=cfg.secret,
+        forged=sim.forged,
+        rejected=sim.rejected,
         trace=sim.trace,
     )
 
@@ -196,8 +202,8 @@ def _known_gap(sim: Simulation) -> str:
     keys = Keys(sim.params.run_id)
     slots = {}
     for slot in range(int(sim.store.data.get(keys.r(rnd, "seq"), "0"))):
-        raw = sim.store.data.get(keys.node(rnd, slot))
-        if raw is not None:
+        raw = sim.store.value(keys.node(rnd, slot))
+        if raw is not None and raw.startswith("{"):
             slots[NodeInfo.from_json(raw).node_id] = slot
     limit = record.slots if closed else sim.cfg.max_nodes
     spares = [

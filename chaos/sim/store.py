@@ -23,6 +23,7 @@ from launcher.rendezvous.state import (
     Set,
     round_of,
 )
+from launcher.rendezvous.state.signing import content
 
 
 class StoreObserver(Protocol):
@@ -54,6 +55,11 @@ class SimStore:
             MultiSet: self._multi_set,
         }
 
+    def value(self, key: str) -> str | None:
+        """What `key` holds, its seal (if any) taken off: the checker's omniscient view."""
+        raw = self.data.get(key)
+        return None if raw is None else content(raw)
+
     def apply(self, op: Op, node: int) -> tuple[Any, int]:
         """Performs `op` for `node`; returns the reply and the bytes it moved."""
         reply, size = self._apply[type(op)](op)
@@ -80,7 +86,7 @@ class SimStore:
     def _set(self, op: Set) -> tuple[None, int]:
         self.data[op.key] = op.value
         if op.key.startswith(self._dead_prefix):
-            self.observer.on_dead(op.key[len(self._dead_prefix) :], op.value)
+            self.observer.on_dead(op.key[len(self._dead_prefix) :], content(op.value))
         return None, len(op.key) + len(op.value)
 
     def _compare_set(self, op: CompareSet) -> tuple[str, int]:
@@ -88,9 +94,10 @@ class SimStore:
         if held == op.expected:
             self.data[op.key] = op.value
             if op.key == self._round_key:
-                self.observer.on_round_key(round_of(held), round_of(op.value), op.value)
+                old, new = round_of(_plain(held)), round_of(content(op.value))
+                self.observer.on_round_key(old, new, content(op.value))
             elif self._is_close(op.key):
-                self.observer.on_close(self._round_in(op.key), op.value)
+                self.observer.on_close(self._round_in(op.key), content(op.value))
             held = op.value
         reply = held if held is not None else ""
         size = len(op.key) + len(op.expected or "") + len(op.value) + len(reply)
@@ -106,7 +113,7 @@ class SimStore:
         self.data.update(op.items)
         for key, value in op.items:
             if self._is_close(key):  # the closer's update after leaving a node out
-                self.observer.on_close(self._round_in(key), value)
+                self.observer.on_close(self._round_in(key), content(value))
         return None, sum(len(k) + len(v) for k, v in op.items)
 
     def _is_close(self, key: str) -> bool:
@@ -114,3 +121,10 @@ class SimStore:
 
     def _round_in(self, key: str) -> int:
         return int(key[len(self._round_prefix) :].split("/", 1)[0])
+
+
+def _plain(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = content(raw)
+    return text if text[:1].isdigit() else None  # a forgery held there: no round of ours

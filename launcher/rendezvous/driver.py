@@ -56,15 +56,12 @@ class Driver:
         interrupt_fd: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         seal: Seal | None = None,
-        on_reject: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self._interrupt_fd = interrupt_fd
         self._clock = clock
-        # With a job secret: values written are sealed, values read checked (signing.py);
-        # `on_reject` hears of each key whose value failed the check.
+        # With a job secret: values written are sealed, values read checked (signing.py).
         self._seal = seal
-        self._on_reject = on_reject
         # What the last `run` did before it ended (or failed): how many operations were
         # answered, and whether it sent a write. A caller re-running a failed step needs
         # both: a write may have been applied although its reply never came.
@@ -72,18 +69,7 @@ class Driver:
         self.wrote = False
 
     def run(self, gen: Generator[Op, Feedback, T]) -> T:
-        if self._seal is None:
-            return self._run(gen)
-        try:
-            return self._run(signed(gen, self._seal))
-        finally:
-            while True:
-                try:
-                    key = self._seal.rejected.pop(0)  # the heartbeat thread drains it too
-                except IndexError:
-                    break
-                if self._on_reject is not None:
-                    self._on_reject(key)
+        return self._run(gen if self._seal is None else signed(gen, self._seal))
 
     def _run(self, gen: Generator[Op, Feedback, T]) -> T:
         self.answered, self.wrote = 0, False

@@ -100,7 +100,9 @@ class DynamicRendezvous(SideChannel):
             events or ev.NullEventSink(), prefix=Keys(config.run_id).prefix
         )
         self._seal = (
-            Seal(read_secret(opts.secret_file), config.run_id) if opts.secret_file else None
+            Seal(read_secret(opts.secret_file), config.run_id, on_reject=self._rejects.rejected)
+            if opts.secret_file
+            else None
         )
         self._driver = self._new_driver(self._store, interrupt_fd=interrupt_fd)
         self._health = StoreHealth(
@@ -354,9 +356,7 @@ class DynamicRendezvous(SideChannel):
             listener.close()
 
     def _new_driver(self, store: Store, *, interrupt_fd: int | None = None) -> Driver:
-        return Driver(
-            store, interrupt_fd=interrupt_fd, seal=self._seal, on_reject=self._rejects.rejected
-        )
+        return Driver(store, interrupt_fd=interrupt_fd, seal=self._seal)
 
     def _heartbeats(self) -> None:
         driver = self._new_driver(self._hb_store)

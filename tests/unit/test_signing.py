@@ -27,8 +27,8 @@ REJECTED: list[str] = []  # what the last `drive` reported
 
 def drive(store: MemoryStore, seal: Seal, step: object) -> object:
     REJECTED.clear()
-    driver = Driver(store, seal=seal, on_reject=REJECTED.append)
-    return driver.run(step)  # type: ignore[arg-type]
+    seal.on_reject = REJECTED.append
+    return Driver(store, seal=seal).run(step)  # type: ignore[arg-type]
 
 
 def test_a_seal_binds_the_value_to_its_key_and_job() -> None:

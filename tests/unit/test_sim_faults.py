@@ -46,6 +46,8 @@ def test_examples_parse() -> None:
         ("crash:a-b@1", "bad node set"),
         ("crash:~0@1", "bad node pick"),
         ("restart:now@1+1", "wipe"),
+        ("forge:3@1+1", "no argument"),
+        ("forge@1", "needs a duration"),
         ("crash:1", "KIND"),
     ],
 )
@@ -67,6 +69,7 @@ def faults(draw_: st.DrawFn) -> Fault:
         "drop": draw_(st.integers(1, 100)) / 100,
         "delay": draw_(st.integers(1, 500)) / 100,
         "restart": float(draw_(st.booleans())),
+        "forge": 0.0,
     }[kind]
     return Fault(kind=kind, at_s=at, duration_s=dur, value=value)
 
@@ -95,3 +98,19 @@ def test_quiet_time_covers_hanging_ops() -> None:
     schedule = parse_faults("crash:1@5,drop:0.1@10+2,pause:2@3+4")
     assert quiet_at(schedule, read_timeout_s=60.0, latency_cap_s=0.02) == 72.0
     assert quiet_at(parse_faults("spike:10@1+1"), read_timeout_s=1, latency_cap_s=0.1) == 3.0
+
+
+def test_a_forger_needs_a_secret_and_is_refused_by_every_reader() -> None:
+    from chaos.sim import SimConfig, simulate
+
+    faults = parse_faults("forge@0.5+15,crash:3@6")
+    with pytest.raises(ValueError, match="needs a job secret"):
+        SimConfig(nodes=6, min_nodes=4, max_nodes=6, faults=faults).validate()
+    cfg = SimConfig(
+        nodes=6, min_nodes=4, max_nodes=6, seed=5, faults=faults, last_call_timeout_s=2.0,
+        secret=True,
+    )  # fmt: skip
+    result = simulate(cfg)
+    assert result.ok, result.safety
+    assert result.forged > 0 and result.rejected > 0
+    assert [row.size for row in result.rounds][-1] == 5  # the crash re-formed, nothing else

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from chaos.sim import Fault, SimConfig, SimResult, format_faults, parse_faults, simulate
-from chaos.sim.faults import KINDS, NODE_KINDS, WINDOW_KINDS
+from chaos.sim.faults import DRAWN_KINDS, KINDS, NODE_KINDS, WINDOW_KINDS
 
 # Protocol issues this simulator found and the protocol still has (docs/simulator.md,
 # "Findings"): tolerated here by their narrow codes so the property keeps guarding
@@ -23,15 +23,17 @@ def scenarios(draw: st.DrawFn) -> SimConfig:
     max_nodes = draw(st.integers(1, nodes))
     min_nodes = draw(st.integers(1, max_nodes))
     faults = []
+    # With a job secret the schedule may hold forgers (an intruder without the secret).
+    secret = draw(st.booleans())
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(KINDS))
+        kind = draw(st.sampled_from(KINDS if secret else DRAWN_KINDS))
         at = draw(st.integers(15, 200)) / 10
         dur = draw(st.integers(5, 100)) / 10 if kind in WINDOW_KINDS else 0.0
         if kind in NODE_KINDS:
             picked = draw(st.sets(st.integers(0, nodes - 1), min_size=1, max_size=nodes))
             faults.append(Fault(kind=kind, at_s=at, duration_s=dur, nodes=tuple(sorted(picked))))
         else:
-            value = {"spike": 20.0, "drop": 0.05, "delay": 0.5, "restart": 0.0}[kind]
+            value = {"spike": 20.0, "drop": 0.05, "delay": 0.5, "restart": 0.0, "forge": 0.0}[kind]
             faults.append(Fault(kind=kind, at_s=at, duration_s=dur, value=value))
     return SimConfig(
         nodes=nodes,
@@ -42,13 +44,15 @@ def scenarios(draw: st.DrawFn) -> SimConfig:
         read_timeout_s=5.0,  # keeps hanging ops short: the horizon is fault end + bound
         last_call_timeout_s=draw(st.sampled_from((2.0, 30.0))),
         allow=KNOWN,
+        secret=secret,
     )
 
 
 def replay(cfg: SimConfig) -> str:
     return (
         f"chaos sim --nodes {cfg.nodes} --min {cfg.min_nodes} --max {cfg.max_nodes} "
-        f"--seed {cfg.seed} --faults '{format_faults(cfg.faults)}' --read-timeout "
+        f"--seed {cfg.seed}{' --secret' if cfg.secret else ''} "
+        f"--faults '{format_faults(cfg.faults)}' --read-timeout "
         f"{cfg.read_timeout_s} --last-call {cfg.last_call_timeout_s}"
         + (f" --allow {','.join(sorted(KNOWN))}" if KNOWN else "")
     )

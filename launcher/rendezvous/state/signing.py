@@ -6,7 +6,7 @@ every value it reads is checked. `signed(step, seal)` wraps any protocol generat
 agent's driver and the simulator share the same code.
 
 A value that fails the check is *ignored*: the reader goes on with the last valid value it
-saw under that key (None if it never saw one), and the key is listed in `Seal.rejected` for
+saw under that key (None if it never saw one), and the key goes to `Seal.on_reject` for
 the driver to report. A forger therefore cannot make a reader believe a forged round, close,
 assignment, dead mark or `done`. Nor can a forged value block a key that nodes compare-and-
 set: when the store holds a value that fails the check where a step expected its own view
@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,8 +43,10 @@ class Seal:
 
     secret: bytes
     run_id: str
+    # Hears of each key whose value failed the check (the agent reports it, the simulator
+    # counts it); it must not block.
+    on_reject: Callable[[str], None] = lambda _key: None
     view: dict[str, str] = field(default_factory=dict)  # key -> last valid value read
-    rejected: list[str] = field(default_factory=list)  # keys whose value failed, in order
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -76,10 +78,19 @@ class Seal:
         else:
             value = self.check(key, raw)
         if value is None:
-            self.rejected.append(key)
+            self.on_reject(key)
             return self.view.get(key)
         self.view[key] = value
         return value
+
+
+def content(raw: str) -> str:
+    """The value inside a sealed one, unchecked (for an observer that sees every write, as
+    the simulator's checker does); any other text as it is."""
+    head = len(_TAG) + _MAC_CHARS
+    if raw.startswith(_TAG) and len(raw) > head and raw[head] == ".":
+        return raw[head + 1 :]
+    return raw
 
 
 def signed(step: Generator[Op, Any, T], seal: Seal) -> Generator[Op, Any, T]:
@@ -140,7 +151,7 @@ def _compare_set(op: CompareSet, seal: Seal) -> Generator[Op, Any, Any]:
         if value is not None:
             seal.view[op.key] = value
             return value, now  # a valid current value: an honest CAS lost, as unsigned
-        seal.rejected.append(op.key)
+        seal.on_reject(op.key)
         if seal.view.get(op.key) != op.expected:
             return seal.view.get(op.key), now  # the step's expectation failed anyway
         expected = raw  # a forgery sits where the step expected its view: replace it
