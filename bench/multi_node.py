@@ -1,6 +1,7 @@
 """Side-by-side multi-node benchmark on loopback: our launcher vs torchrun, same workloads.
 
     python3 bench/multi_node.py [--reps 3] [--fault-reps 1] [--only METRIC] [--skip-torchrun]
+                                [--secret]   (ours again with a job secret, same run)
 
 Every agent is a separate process with its own --local-addr 127.0.0.N (N = 2, 3, ...); the
 c10d rendezvous is hosted at 127.0.0.2 on a fresh port; workers are gloo jobs
@@ -39,6 +40,8 @@ ROOT = BENCH.parent
 WORKLOAD = BENCH / "workloads" / "elastic.py"
 DEFAULT_JSON = BENCH / "results" / "multi_node.json"
 OURS, THEIRS = "launcher", "torchrun"
+# Ours again with a job secret (--secret): every rendezvous value sealed and checked.
+SIGNED = "launcher+secret"
 POLL_S = 0.05  # only how often the bench looks: latencies come from the workers' own stamps
 SETUP_TIMEOUT_S = 90.0  # agents up and every worker started (or the first group all-reducing)
 NODE_LOSS_BUDGET_S = 60.0
@@ -145,14 +148,20 @@ class Job(Reaper):
         with socket.socket() as sock:  # a free port: bind port 0
             sock.bind(("127.0.0.2", 0))
             self.port = int(sock.getsockname()[1])
-        self.cmd = [*TOOLS[tool], "--nnodes", nnodes, "--nproc-per-node", "1"]
+        self.cmd = [*TOOLS[THEIRS if tool == THEIRS else OURS], "--nnodes", nnodes]
+        self.cmd += ["--nproc-per-node", "1"]
         self.cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.2:{self.port}"]
         self.cmd += ["--rdzv-id", f"bench-{uuid.uuid4().hex[:12]}", *flags]
-        if tool == OURS:  # our extension; torchrun has no event log
+        if tool != THEIRS:  # our extension; torchrun has no event log
             self.cmd += ["--event-log", str(self.work / "events.jsonl")]
         # single_node.py's clean env: no PET_*/TORCHELASTIC_*/OMP_NUM_THREADS, TMPDIR per run
         env = SingleNodeBench(1, scratch).env(self.work / "tmp")
         env.update(RUN_S="600", STEP_S="0.2")
+        if tool == SIGNED:  # the environment names the file, so FAULT_CONF stays as it is
+            secret = self.work / "job.secret"
+            secret.write_bytes(os.urandom(32).hex().encode())
+            secret.chmod(0o600)
+            env["LAUNCHER_RDZV_SECRET_FILE"] = str(secret)
         self.popen: dict[str, Any] = {"env": env, "cwd": ROOT, "stdin": subprocess.DEVNULL}
         self.popen.update(stderr=subprocess.STDOUT, start_new_session=True)
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -276,7 +285,7 @@ def start_time(scratch: Path, tool: str, nodes: int) -> Sample:
         # The agents themselves (the pids the bench started), not their workers.
         peaks = [_hwm_mib(proc.pid) for proc in job.agents.values()]
         sample.rss_mib = max((p for p in peaks if p is not None), default=None)
-        if tool == OURS:
+        if tool != THEIRS:
             sample.notes.append(f"events: {_fmt_breakdown(sample.breakdown)}")
         return sample
 
@@ -304,7 +313,7 @@ def _conclude(job: Job, done: float | None, old: int, world: int, t_ref: float) 
         since = sorted({ln.world for ln in job.lines("starts.txt") if ln.time >= t_ref})
         running = ", ".join(job.running()) or "none"
         sample.notes.append(f"never; worlds started since: {since or 'none'}; agents up: {running}")
-    if job.tool == OURS:
+    if job.tool != THEIRS:
         sample.breakdown = job.breakdown(t_ref, world)
         last = f", first lines (all) +{sample.value:.2f} s" if math.isfinite(sample.value) else ""
         sample.notes.append(f"events: {_fmt_breakdown(sample.breakdown)}{last}")
@@ -387,6 +396,8 @@ def summarize(case: Case, samples: dict[str, list[Sample]]) -> dict[str, Any]:
         target = f"<={case.target_ratio:.2f}"
     res.update(ratio=ratio, ratio_shown=shown, target=target, target_ratio=case.target_ratio)
     res.update({"target_s": case.target_s, "pass": passed})
+    if SIGNED in res and math.isfinite(ours) and ours > 0:
+        res["signed_ratio"] = res[SIGNED]["median"] / ours
     if case.name == "start":
         rss = res[OURS]["rss_mib"]
         res["rss_pass"] = None if rss is None else rss <= RSS_TARGET_MIB
@@ -406,6 +417,19 @@ def print_rss(results: dict[str, dict[str, Any]]) -> None:
         verdict = {True: "PASS", False: "FAIL", None: "-"}[res["rss_pass"]]
         target = f"<={RSS_TARGET_MIB:g} MiB"
         print(f"{res['title']:<34} {cells[0]:>12} {cells[1]:>12} {target:>9}  {verdict}")
+
+
+def print_signed(results: dict[str, dict[str, Any]]) -> None:
+    rows = [res for res in results.values() if SIGNED in res]
+    if not rows:
+        return
+    print(f"\n{'with a job secret (same run)':<34} {OURS:>12} {SIGNED:>16} {'ratio':>6}")
+    for res in rows:
+        ours, signed = res[OURS]["median"], res[SIGNED]["median"]
+        ratio = res.get("signed_ratio")
+        shown = "-" if ratio is None or not math.isfinite(ratio) else f"{ratio:.3f}"
+        budget = res["budget_s"]
+        print(f"{res['title']:<34} {_fmt(ours, budget):>12} {_fmt(signed, budget):>16} {shown:>6}")
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -441,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="METRIC", help="only this metric (repeatable): start, "
                         "node_loss, scale_up")  # fmt: skip
     parser.add_argument("--skip-torchrun", action="store_true", help="run our launcher only")
+    parser.add_argument("--secret", action="store_true",
+                        help=f"also run ours with a job secret ({SIGNED})")  # fmt: skip
     parser.add_argument("--keep-scratch", action="store_true", help="keep the runs' logs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     args = parser.parse_args(argv)
@@ -449,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--reps and --fault-reps must be >= 1, --sizes within 2..254")
     chosen = [c for c in cases(sizes) if not args.only or c.name in args.only]
     tools = [OURS] if args.skip_torchrun else [OURS, THEIRS]
+    if args.secret:
+        tools.insert(1, SIGNED)
     samples: dict[str, dict[str, list[Sample]]] = {c.title: {t: [] for t in tools} for c in chosen}
     reps = {c.title: args.reps if c.name == "start" else args.fault_reps for c in chosen}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through every Job
@@ -475,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {c.title: summarize(c, samples[c.title]) for c in chosen}
     print_table(results)
     print_rss(results)
+    print_signed(results)
     report = {
         "benchmark": "multi_node", "created_unix": started, "duration_s": time.time() - started,
         "reps": args.reps, "fault_reps": args.fault_reps, "interleaved": True, "warmup_runs": 1,
