@@ -99,7 +99,9 @@ def _wire(key: str) -> bytes:
 
 
 def _bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+    # surrogateescape: a value read back from bytes that are not UTF-8 (an intruder's) goes
+    # out as the very bytes it came in as, so a compare-and-set against it can match.
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 
 class StoreClient:

@@ -42,13 +42,16 @@ def test_an_intruders_forged_values(procs: Procs, tmp_path: Path, signed: bool) 
     try:
         intruder.set(keys.round, "5:intruder+node_lost")  # a bump to a round of its own
         intruder.set(keys.dead(members[1]), "lost")  # a healthy node marked dead
+        if signed:  # bytes that are not even text, where every member looks
+            intruder.set(keys.r(0, "close"), b"\xff\xfe\x00garbage")
+            intruder.set(keys.done, b"\x80" * 1000)
     finally:
         intruder.close()
 
     if not signed:
         assert wait_until(lambda: cluster.events(ev.RDZV_CHANGED), 30, 0.05), cluster.report()
         return  # believed: the job re-forms (what the docs say an open store trusts)
-    rejected = {"round", f"dead/{members[1]}"}
+    rejected = {"round", f"dead/{members[1]}"}  # what running members read
     assert wait_until(
         lambda: rejected <= {e.fields["key"] for e in cluster.events(ev.RDZV_VALUE_REJECTED)},
         30,

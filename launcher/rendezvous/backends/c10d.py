@@ -117,10 +117,10 @@ class C10dStore:
 
     def get(self, key: str) -> str | None:
         value = self._client.get_if_present(key)
-        return None if value is None else value.decode()
+        return None if value is None else _text(value)
 
     def multi_get(self, keys: Sequence[str]) -> list[str | None]:
-        return [None if v is None else v.decode() for v in self._client.multi_get_if_present(keys)]
+        return [None if v is None else _text(v) for v in self._client.multi_get_if_present(keys)]
 
     def set(self, key: str, value: str) -> None:
         self._client.set(key, value)
@@ -130,7 +130,7 @@ class C10dStore:
             self._client.multi_set([k for k, _ in items], [v for _, v in items])
 
     def compare_set(self, key: str, expected: str | None, value: str) -> str:
-        return self._client.compare_set(key, expected or "", value).decode()
+        return _text(self._client.compare_set(key, expected or "", value))
 
     def add(self, key: str, delta: int) -> int:
         return self._client.add(key, delta)
@@ -162,3 +162,10 @@ def _host(port: int, *, explicit: bool, endpoint: str, run_id: str) -> StoreServ
     server.start()
     log.info("hosting the rendezvous store at %s", endpoint)
     return server
+
+
+def _text(value: bytes) -> str:
+    """A stored value as text. Bytes that are not UTF-8 (garbage from an intruder) become
+    lone surrogates, not an error: a reader that checks values rejects them, and writing
+    one back (a compare-and-set expecting it) sends the same bytes."""
+    return value.decode("utf-8", "surrogateescape")

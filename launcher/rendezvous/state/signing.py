@@ -54,7 +54,8 @@ class Seal:
         self._prefix = f"{len(self.run_id)}:{self.run_id}".encode()
 
     def mac(self, key: str, value: str) -> str:
-        framed = b"%s%d:%s%s" % (self._prefix, len(key), key.encode(), value.encode())
+        raw = value.encode("utf-8", "surrogateescape")  # garbage read back from bytes
+        framed = b"%s%d:%s%s" % (self._prefix, len(key), key.encode(), raw)
         digest = hmac.new(self.secret, framed, hashlib.sha256).digest()[:_MAC_BYTES]
         return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
