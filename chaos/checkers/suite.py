@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from chaos.checkers.hangs import HangChecker
 from chaos.checkers.hygiene import HygieneChecker
+from chaos.checkers.intruder import IntruderChecker
 from chaos.checkers.lost_work import LostWorkChecker
 from chaos.checkers.outcome import OutcomeChecker
 from chaos.checkers.rank_map import RankMapChecker
@@ -33,6 +34,7 @@ def default_checkers() -> list[Checker]:
         RecoveryChecker(),
         HangChecker(),
         StragglerChecker(),
+        IntruderChecker(),
         HygieneChecker(),
     ]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import gray, links, nodes, partition, store, workers
+from chaos.faults import gray, intruder, links, nodes, partition, store, workers
 from chaos.scenario.schema import Fault, Scenario
 from chaos.topology.base import Topology
 
@@ -50,6 +50,7 @@ FIRE: dict[str, FireFn] = {
     "slow_link": links.slow_link,
     "hang_worker": gray.hang_worker,
     "slow_worker": gray.slow_worker,
+    "intruder": intruder.intruder,
 }
 HEAL: dict[str, HealFn] = {
     "pause_node": nodes.resume_node,

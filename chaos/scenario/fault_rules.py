@@ -17,6 +17,8 @@ from chaos.scenario.schema import (
     DEFAULT_MODES,
     FAULT_KINDS,
     HANG_MODES,
+    INTRUDER_ACTIONS,
+    INTRUDER_SECRETS,
     PARTITION_MODES,
     SLOW_MODES,
     Fault,
@@ -28,7 +30,7 @@ DRAWN_ORDER = ("rank", "node", "local_rank")
 FAULT_KEYS = (
     "kind", "trigger", "node", "rank", "local_rank", "signal", "exit_code", "exception",
     "duration_s", "groups", "from_store", "mode", "member", "factor", "steps", "period_s",
-    "toxic", "attributes", "stream", "toxicity", "rate",
+    "toxic", "attributes", "stream", "toxicity", "rate", "actions", "secret",
 )  # fmt: skip
 _SLOW_FIELDS = (
     "rank", "node", "local_rank", "mode", "factor", "steps", "duration_s", "period_s",
@@ -48,6 +50,7 @@ FAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "slow_link": ("node", "rate", "duration_s"),
     "hang_worker": ("rank", "node", "local_rank", "mode", "duration_s"),
     "slow_worker": _SLOW_FIELDS,
+    "intruder": ("actions", "secret"),
 }
 MAX_FACTOR = 1000.0
 
@@ -71,6 +74,8 @@ class _Targets(TypedDict, total=False):
     stream: str
     toxicity: float
     rate: str
+    actions: tuple[str, ...]
+    secret: str
     factor: float
     steps: tuple[int, int]
     period_s: float
@@ -105,6 +110,8 @@ def build_fault(value: Value, ctx: Context) -> Fault:
         _slow_worker(f, ctx, out)
     elif kind == "partition":
         _partition(f, ctx, out, drawn)
+    elif kind == "intruder":
+        _intruder(f, out)
     elif kind in ("kill_store_host", "kill_etcd_member"):
         member_v = f.get("member")
         if kind == "kill_etcd_member" and member_v is None:
@@ -161,8 +168,23 @@ def _check_topology(kind: str, kind_v: Value, ctx: Context) -> None:
             f"slow_link needs topology.backend netns or docker, got {topo.backend!r} (tc acts on "
             "a node's own interface); set topology.backend: netns or run with `--backend netns`"
         )
+    if kind == "intruder" and topo.backend != "local":
+        kind_v.error(
+            f"intruder needs topology.backend local, got {topo.backend!r} (the harness writes "
+            "to the store on loopback)"
+        )
     if kind == "join_node" and topo.spares == 0:
         kind_v.error("join_node needs a spare node to start: set topology.spares >= 1")
+
+
+def _intruder(f: Fields, out: _Targets) -> None:
+    what = "an intruder action, one of " + ", ".join(INTRUDER_ACTIONS)
+    actions_v = f.need("actions", "a list of intruder actions: " + ", ".join(INTRUDER_ACTIONS))
+    out["actions"] = tuple(v.choice(INTRUDER_ACTIONS, what=what) for v in actions_v.items())
+    if not out["actions"]:
+        actions_v.error("an intruder needs at least one action")
+    secret_v = f.get("secret")
+    out["secret"] = "none" if secret_v is None else secret_v.choice(INTRUDER_SECRETS)
 
 
 def _no_rank(trigger_v: Value) -> bool:

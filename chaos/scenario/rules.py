@@ -14,6 +14,7 @@ from chaos.scenario.document import Fields, Invalid, Node, Value, clip, join
 from chaos.scenario.fault_rules import build_faults, signal_name
 from chaos.scenario.schema import (
     INJECTED,
+    INTRUDER_EXPECTATIONS,
     LAUNCHERS,
     RDZV_BACKENDS,
     RESTART_REASONS,
@@ -36,13 +37,13 @@ TOP_KEYS = (
 )  # fmt: skip
 TOPOLOGY_KEYS = (
     "backend", "nodes", "spares", "nproc_per_node", "nnodes", "min_nodes", "max_nodes",
-    "rdzv_backend", "etcd_members", "launcher_args", "image",
+    "rdzv_backend", "etcd_members", "launcher_args", "image", "rdzv_secret",
 )  # fmt: skip
 WORKLOAD_KEYS = ("script", "steps", "step_s", "checkpoint_every", "args")
 EXPECT_KEYS = (
     "outcome", "failure_reason", "restarts", "restarts_by_reason", "uncharged_scale_events",
     "final_world_size", "rank_invariants", "root_cause", "max_lost_steps", "detect_within_s",
-    "recover_within_s", "hang", "straggler", "hygiene",
+    "recover_within_s", "hang", "straggler", "hygiene", "intruder",
 )  # fmt: skip
 HANG_KEYS = ("culprits", "detect_within_s", "dumps", "count")
 STRAGGLER_KEYS = ("ranks", "section")
@@ -170,10 +171,12 @@ def build_topology(f: Fields, backend: str | None) -> Topology:
                     f"{arg!r} is set by the harness from "
                     "the topology; use the topology fields instead",
                 )
+    rdzv_secret = v.boolean() if (v := f.get("rdzv_secret")) is not None else False
     return Topology(
         backend=backend or "local", nodes=nodes, spares=spares, nproc_per_node=nproc,
         min_nodes=min_nodes, max_nodes=max_nodes, rdzv_backend=rdzv_backend,
         etcd_members=etcd_members, launcher_args=launcher_args, image=image,
+        rdzv_secret=rdzv_secret,
     )  # fmt: skip
 
 
@@ -254,6 +257,12 @@ def build_expect(f: Fields, ctx: Context, faults: tuple[Fault, ...] = ()) -> Exp
         key: v.boolean() if (v := f.get(key)) is not None else True
         for key in ("uncharged_scale_events", "rank_invariants", "hygiene")
     }
+    intruded = any(fault.kind == "intruder" for fault in faults)
+    intruder = "refused" if intruded and topo.rdzv_secret else None
+    if (v := f.get("intruder")) is not None:
+        if not intruded:
+            v.error("expect.intruder needs an intruder fault")
+        intruder = v.choice(INTRUDER_EXPECTATIONS, what="what the job makes of it, one of")
     return Expectations(
         outcome=outcome, failure_reason=failure_reason, restarts=restarts,
         restarts_by_reason=by_reason, final_world_size=final_world_size,
@@ -261,7 +270,7 @@ def build_expect(f: Fields, ctx: Context, faults: tuple[Fault, ...] = ()) -> Exp
         detect_within_s=within["detect_within_s"], recover_within_s=within["recover_within_s"],
         uncharged_scale_events=flags["uncharged_scale_events"],
         rank_invariants=flags["rank_invariants"], hang=hang, straggler=straggler,
-        hygiene=flags["hygiene"],
+        hygiene=flags["hygiene"], intruder=intruder,
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ FAULT_KINDS = (
     "slow_link",  # target: node; its egress limited to `rate` (tc tbf); needs netns or docker
     "hang_worker",  # target: rank (or node + local_rank); the rank stops making progress
     "slow_worker",  # target: rank (or node + local_rank); the rank runs `factor` times slower
+    "intruder",  # no target: an outside process with store access writes `actions`
 )
 TRIGGER_KINDS = ("at_s", "after_step", "on_event", "random")
 # How a partition cuts: "drop" packets silently, or "reject" TCP with a reset at once.
@@ -33,6 +34,11 @@ HANG_MODES = ("sleep", "sigstop", "skip_collective", "deadlock", "gil")
 # How a slow_worker slows its rank: the workload's compute section (compute), a SIGSTOP/SIGCONT
 # duty cycle from outside (sigstop), or a CPU quota on the node's container (cpu_quota).
 SLOW_MODES = ("compute", "sigstop", "cpu_quota")
+# What an intruder does (chaos/faults/intruder.py), which secret it holds (none, or one that
+# is not the job's), and what the job must make of it (expect.intruder).
+INTRUDER_ACTIONS = ("join", "bump", "close", "garbage", "oversize", "mark_dead")
+INTRUDER_SECRETS = ("none", "wrong")
+INTRUDER_EXPECTATIONS = ("refused", "believed")
 # The mode a fault kind takes when none is given.
 DEFAULT_MODES = {"partition": "drop", "hang_worker": "sleep", "slow_worker": "compute"}
 # Why a round formed (the launcher's `group.restart` reason, docs/event-log.md): the keys of
@@ -51,6 +57,8 @@ class Topology:
     rdzv_backend: str = "c10d"
     etcd_members: int = 1
     launcher_args: tuple[str, ...] = ()
+    # A job secret (the harness writes one and passes `--rdzv-conf secret_file` to our agents).
+    rdzv_secret: bool = False
     image: str | None = None  # docker: the node image (default: built offline by the harness)
 
 
@@ -97,6 +105,8 @@ class Fault:
     stream: str = "downstream"  # toxic: downstream (store -> node) or upstream
     toxicity: float = 1.0  # toxic: the probability it applies to a connection
     rate: str | None = None  # slow_link: tc's rate, e.g. "1mbit"
+    actions: tuple[str, ...] = ()  # intruder: INTRUDER_ACTIONS, in order
+    secret: str | None = None  # intruder: INTRUDER_SECRETS
     # Targets written as `random` ("rank", "node", "local_rank"); those fields stay None here
     # and the schedule draws them from the seed (PlannedFault.fault has them filled in).
     random_fields: tuple[str, ...] = ()
@@ -164,6 +174,7 @@ class Expectations:
     hang: HangExpectation | None = None
     straggler: StragglerExpectation | None = None
     hygiene: bool = True  # no process of the job left, no port left bound
+    intruder: str | None = None  # INTRUDER_EXPECTATIONS; default refused with rdzv_secret
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -187,6 +188,8 @@ class LocalTopology:
             conf.setdefault("is_host", "1" if index == 0 else "0")
         if self.launcher == "torchrun" and backend == "etcd":
             backend = "etcd-v2"
+        if topo.rdzv_secret and self.launcher == "launcher":  # only ours signs its values
+            conf["secret_file"] = str(self._secret_file())
         node_dir = self.run_dir / "nodes" / str(index)
         argv = launchers.agent_command(self.launcher)
         argv += ["--nnodes", str(low) if low == high else f"{low}:{high}"]
@@ -205,6 +208,13 @@ class LocalTopology:
         argv += ["--checkpoint-every", str(work.checkpoint_every)]
         argv += ["--ckpt-dir", str(self.run_dir / "workload" / "ckpt"), *work.args]
         return argv
+
+    def _secret_file(self) -> Path:
+        path = self.run_dir / "job.secret"
+        if not path.exists():
+            path.write_bytes(secrets.token_hex(32).encode())
+            path.chmod(0o600)
+        return path
 
     def node_env(self, index: int) -> dict[str, str]:
         env = {
@@ -361,6 +371,8 @@ class LocalTopology:
             return Support(ok=False, reason=f"unknown fault kind {fault_kind!r}")
         if fault_kind == "partition":
             return Support(ok=False, reason="partitions need --backend netns or docker (root)")
+        if fault_kind == "intruder" and self.backend != "local":
+            return Support(ok=False, reason="the intruder reaches the store on loopback: local")
         if fault_kind == "kill_etcd_member" and not isinstance(self._store, EtcdCluster):
             return Support(ok=False, reason="kill_etcd_member needs rdzv_backend: etcd")
         return Support(ok=True)
