@@ -26,6 +26,7 @@ RDZV_ROUND_COMPLETE = "rendezvous.round.complete"
 RDZV_CHANGED = "rendezvous.membership.changed"
 RDZV_STORE_LOST = "rendezvous.store.lost"
 RDZV_STORE_RESTORED = "rendezvous.store.restored"
+STORE_CLIENT_DROPPED = "store.client.dropped"
 WORKER_STARTED = "worker.started"
 WORKER_EXITED = "worker.exited"
 GROUP_FAILED = "group.failed"
@@ -50,6 +51,7 @@ KNOWN_EVENTS = frozenset(
         RDZV_CHANGED,
         RDZV_STORE_LOST,
         RDZV_STORE_RESTORED,
+        STORE_CLIENT_DROPPED,
         WORKER_STARTED,
         WORKER_EXITED,
         GROUP_FAILED,

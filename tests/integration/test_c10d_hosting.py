@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import RendezvousConnectionError
-from launcher.rendezvous.backends.c10d import C10dStore, machine_owns
+from launcher.rendezvous.addresses import machine_owns
+from launcher.rendezvous.backends.c10d import C10dStore
 from tests.conftest import Procs, clean_env
 
 pytestmark = pytest.mark.integration
