@@ -53,6 +53,8 @@ class Limits:
             raise ValueError("buffer_budget must hold at least one request and one reply")
         if min(self.handshake_timeout_s, self.frame_idle_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.out_high_water <= 0:  # at 0 a client with a reply due would never be read
+            raise ValueError("out_high_water must be positive")
 
 
 DEFAULT_LIMITS = Limits()

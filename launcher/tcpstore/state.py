@@ -7,7 +7,10 @@ The server loop only moves bytes; everything here runs on its one thread, so not
 
 Semantics follow torch 2.13's default (libuv) server, ``TCPStoreLibUvBackend.cpp``, except two of
 its bugs: a COMPARE_SET on a missing key does not wake waiters (the key still does not exist),
-and a QUEUE_PUSH releases one blocked pop exactly once.
+and a QUEUE_PUSH releases one blocked pop exactly once. Stricter than it on purpose: a client
+whose first request is not VALIDATE with the magic number is closed (torch's ignores its
+requests but keeps it, buffering what it sends), and so is one that goes over
+``limits.Limits`` (a whole request or reply, an APPEND's result; docs/security.md).
 """
 
 from __future__ import annotations
