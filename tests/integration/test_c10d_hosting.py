@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def free_port() -> int:
-    """A port free on every local address (the store's server listens on all of them)."""
+    """A port free on every local address (a test's store may listen on any of them)."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::", 0))
