@@ -363,13 +363,13 @@ class StoreServer:
         sock = self._socks.pop(session, None)
         if sock is None:
             return
+        if reason is not None:  # before the close, which the client may be waiting on
+            self._reports.dropped(session.name, reason, self._clock())
         self._state.close(session)
         self._selector.unregister(sock)
         sock.close()
         self._held -= session.held
         session.held = 0
-        if reason is not None:
-            self._reports.dropped(session.name, reason, self._clock())
 
     def _shutdown(self) -> None:
         for session in list(self._socks):
