@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ from launcher.inbox import SignalInbox
 from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
+from launcher.rendezvous.health import drop_events
 from launcher.tcpstore.server import StoreServer
 from launcher.workers.containment import guarded
 from launcher.workers.env import (
@@ -168,11 +170,13 @@ class Agent:
 
     # -- the loop --------------------------------------------------------------------------
     def _loop(self) -> AgentResult:
+        drops = drop_events(self.events, store="workers")
         self._rendezvous = rdzv = create_rendezvous(
             self.config,
             node_id=self.node_id,
             interrupt_fd=self.inbox.read_fd,
-            serve_store=StoreServer,  # the workers' bootstrap store (see its docstring)
+            # The workers' bootstrap store (see StoreServer's docstring).
+            serve_store=partial(StoreServer, label="the workers' store", on_drop=drops),
             events=self.events,
         )
         wake = rdzv.wakeup_fd()

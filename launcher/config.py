@@ -84,6 +84,9 @@ class RendezvousOptions:
     # itself: a command line is visible to every user of the machine through `ps`).
     secret_file: str | None = None
     store_type: str = "tcp"
+    # Ours: where the store servers listen. "auto": the address the job reaches them by
+    # (rendezvous/addresses.py); "all": every interface, as torch's servers.
+    store_bind: str = "auto"
     rank: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -138,6 +141,19 @@ def _as_number(key: str, value: str, *, integer: bool) -> float:
     return number
 
 
+def _as_store_bind(value: str) -> str:
+    low = value.lower()
+    if low in ("all", "0.0.0.0", "::", "[::]"):  # the spellings of "every interface"
+        return "all"
+    if low == "auto":
+        return "auto"
+    raise ConfigError(
+        f"store_bind must be auto or all, got {value!r}",
+        flag="--rdzv-conf",
+        fix="auto: the address the job uses (default); all: every interface (0.0.0.0 and ::)",
+    )
+
+
 def parse_rdzv_conf(text: str) -> RendezvousOptions:
     fields: dict[str, object] = {}
     extra: dict[str, str] = {}
@@ -166,6 +182,8 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
                     f"store_type must be tcp or file, got {value!r}", flag="--rdzv-conf"
                 )
             fields["store_type"] = value
+        elif key == "store_bind":
+            fields["store_bind"] = _as_store_bind(value)
         elif key in _PASSTHROUGH_KEYS:
             extra[key] = value
         else:
@@ -177,6 +195,7 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
                     "rank",
                     "secret_file",
                     "store_type",
+                    "store_bind",
                     *_PASSTHROUGH_KEYS,
                 ]
             )

@@ -27,6 +27,7 @@ RDZV_CHANGED = "rendezvous.membership.changed"
 RDZV_STORE_LOST = "rendezvous.store.lost"
 RDZV_STORE_RESTORED = "rendezvous.store.restored"
 RDZV_VALUE_REJECTED = "rendezvous.value.rejected"
+STORE_CLIENT_DROPPED = "store.client.dropped"
 WORKER_STARTED = "worker.started"
 WORKER_EXITED = "worker.exited"
 GROUP_FAILED = "group.failed"
@@ -52,6 +53,7 @@ KNOWN_EVENTS = frozenset(
         RDZV_STORE_LOST,
         RDZV_STORE_RESTORED,
         RDZV_VALUE_REJECTED,
+        STORE_CLIENT_DROPPED,
         WORKER_STARTED,
         WORKER_EXITED,
         GROUP_FAILED,

@@ -43,7 +43,7 @@ class RoundInfo:
 
 
 class WorkersStore(Protocol):
-    """The workers' bootstrap store, served on a listening socket the rendezvous bound."""
+    """The workers' bootstrap store, served on listening sockets the rendezvous bound."""
 
     def start(self) -> None: ...
 
@@ -54,8 +54,9 @@ class WorkersStore(Protocol):
     def stop(self) -> None: ...
 
 
-# Makes (does not start) the workers' store on a bound, listening socket it then owns.
-ServeStore = Callable[[socket.socket], WorkersStore]
+# Makes (does not start) the workers' store on bound, listening sockets (one port, one per
+# address: rendezvous/addresses.py) that it then owns.
+ServeStore = Callable[[list[socket.socket]], WorkersStore]
 
 
 class Rendezvous(Protocol):

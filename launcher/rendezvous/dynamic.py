@@ -23,10 +23,11 @@ from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import RendezvousConnectionError, RendezvousTimeoutError
 from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore
+from launcher.rendezvous.addresses import log_plan, plan_binding
 from launcher.rendezvous.backends import open_store
 from launcher.rendezvous.driver import Driver, Interrupted, first_line
-from launcher.rendezvous.health import RejectReport, StoreHealth
-from launcher.rendezvous.local import bind_listener
+from launcher.rendezvous.health import RejectReport, StoreHealth, drop_events
+from launcher.rendezvous.local import bind_listeners
 from launcher.rendezvous.side_channel import SideChannel
 from launcher.rendezvous.state import (
     FAILED,
@@ -60,6 +61,11 @@ EXIT_BARRIER_TIMEOUT_S = 300.0
 T = TypeVar("T")
 
 
+def _close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
 class DynamicRendezvous(SideChannel):
     """A store that fails is retried, not given up on: each protocol step that fails is
     re-run from its start (never a single operation: an `add` or a compare-and-set may have
@@ -91,9 +97,15 @@ class DynamicRendezvous(SideChannel):
             static=config.rdzv_backend == "static",
         )
         self.addr = config.local_addr or socket.getfqdn()
+        # MASTER_ADDR when this node is group rank 0: workers of every node connect there.
+        self._bind = plan_binding(
+            self.addr, store_bind=opts.store_bind, remote_peers=config.max_nodes > 1
+        )
+        log_plan("the workers' store (served while this node is group rank 0)", self._bind)
         self._base_id = node_id
         self.node_id = self._new_id()
-        factory = open_store(config)
+        sink = events or ev.NullEventSink()
+        factory = open_store(config, on_drop=drop_events(sink, store="rendezvous"))
         self._store = factory()
         self._hosting = bool(getattr(self._store, "hosting", False))
         self._rejects = RejectReport(
@@ -107,7 +119,7 @@ class DynamicRendezvous(SideChannel):
         self._driver = self._new_driver(self._store, interrupt_fd=interrupt_fd)
         self._health = StoreHealth(
             window_s=opts.store_outage_timeout_s,
-            events=events or ev.NullEventSink(),
+            events=sink,
             run_id=config.run_id,
             endpoint=config.rdzv_endpoint,
         )
@@ -135,7 +147,8 @@ class DynamicRendezvous(SideChannel):
             # e.g. this node was paused long enough for its watcher to give up on it
             self.node_id = self._new_id()
             self.assignment = None
-        listener = bind_listener(self.addr, 0, flag="--local-addr")
+        listeners = bind_listeners(self._bind, 0, where=self.addr, flag="--local-addr")
+        port = int(listeners[0].getsockname()[1])
         try:
             started = self._driver.now()
             while True:
@@ -143,7 +156,7 @@ class DynamicRendezvous(SideChannel):
                 info = NodeInfo(
                     node_id=self.node_id,
                     addr=self.addr,
-                    master_port=int(listener.getsockname()[1]),
+                    master_port=port,
                     nproc=self._config.nproc_per_node,
                     prev_round=prev.round if prev else -1,
                     prev_group_rank=prev.group_rank if prev else -1,
@@ -171,17 +184,17 @@ class DynamicRendezvous(SideChannel):
                 self.assignment = None
                 started = self._driver.now()
         except RendezvousTimeout as err:
-            listener.close()
+            _close_all(listeners)
             raise RendezvousTimeoutError(
                 str(err), run_id=self.params.run_id, endpoint=self._config.rdzv_endpoint
             ) from err
         except BaseException:
-            listener.close()
+            _close_all(listeners)
             raise
         if isinstance(result, JobOver):
-            listener.close()
+            _close_all(listeners)
             return None
-        self._serve_workers_store(result, listener)
+        self._serve_workers_store(result, listeners)
         with self._lock:
             self.assignment = result
             self._watch = WatchState(
@@ -345,15 +358,15 @@ class DynamicRendezvous(SideChannel):
         self.node_id = self._new_id()
         log.info("the store failed during a join; joining again as %s", self.node_id)
 
-    def _serve_workers_store(self, a: Assignment, listener: socket.socket) -> None:
+    def _serve_workers_store(self, a: Assignment, listeners: list[socket.socket]) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
         if a.group_rank == 0:
-            self._server = self._serve_store(listener)
+            self._server = self._serve_store(listeners)
             self._server.start()
         else:
-            listener.close()
+            _close_all(listeners)
 
     def _new_driver(self, store: Store, *, interrupt_fd: int | None = None) -> Driver:
         return Driver(store, interrupt_fd=interrupt_fd, seal=self._seal)

@@ -5,6 +5,9 @@ has lasted past `--rdzv-conf store_outage_timeout` (then the agent gives up with
 each answered step ends an outage under way. The window and backoff are pure logic
 (state/outage.py, also what the simulator runs); this adds the lock, the clock, the events
 (`rendezvous.store.lost`, `rendezvous.store.restored`) and the log lines.
+
+`drop_events` turns the clients a store server of this agent dropped for misbehaving into
+`store.client.dropped` events (the server rate-limits them).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from launcher import events as ev
 from launcher.errors import RendezvousConnectionError, RendezvousError
 from launcher.rendezvous.state import Outage
+from launcher.tcpstore.drops import DroppedClient, OnDrop
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,19 @@ class RejectReport:
             name,
         )
         self._events.emit(ev.RDZV_VALUE_REJECTED, key=name, count=count, first=last is None)
+
+
+def drop_events(events: ev.EventSink, *, store: str) -> OnDrop:
+    """`store`: "rendezvous" (the c10d store this agent hosts) or "workers" (MASTER_PORT)."""
+
+    def emit(drop: DroppedClient) -> None:
+        events.emit(
+            ev.STORE_CLIENT_DROPPED,
+            store=store,
+            port=drop.port,
+            peer=drop.peer,
+            reason=drop.reason,
+            suppressed=drop.suppressed,
+        )
+
+    return emit

@@ -14,37 +14,21 @@ import socket
 from launcher.config import LaunchConfig
 from launcher.errors import ConfigError
 from launcher.rendezvous import RoundInfo, ServeStore
+from launcher.rendezvous.addresses import BindPlan, listen, log_plan, plan_binding
 
 
-def _bind_address(master_addr: str) -> str:
+def bind_listeners(plan: BindPlan, port: int, *, where: str, flag: str) -> list[socket.socket]:
+    """The workers' store's listening sockets, bound before any worker exists."""
     try:
-        infos = socket.getaddrinfo(master_addr, None, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror:
-        return ""
-    addresses = {info[4][0] for info in infos}
-    # A loopback master address keeps the store off the network; anything else may be
-    # reached through any of the host's addresses, as torch's TCPStore allows.
-    if addresses and all(str(a).startswith("127.") for a in addresses):
-        return str(sorted(addresses)[0])
-    return ""
-
-
-def bind_listener(master_addr: str, port: int, *, flag: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((_bind_address(master_addr), port))
+        return listen(plan, port)
     except OSError as err:
-        sock.close()
         if err.errno == errno.EADDRINUSE:
             raise ConfigError(
-                f"port {port} on {master_addr} is already in use",
+                f"port {port} on {where} is already in use",
                 flag=flag,
                 fix="pick another port, or drop the flag to let the launcher choose a free one",
             ) from err
-        raise ConfigError(f"cannot bind {master_addr}:{port}: {err.strerror}", flag=flag) from err
-    sock.listen(1024)
-    return sock
+        raise ConfigError(f"cannot bind {where}:{port}: {err.strerror}", flag=flag) from err
 
 
 class LocalRendezvous:
@@ -53,12 +37,16 @@ class LocalRendezvous:
         self._node_id = node_id
         if config.standalone:
             self.master_addr = config.local_addr or socket.getfqdn()
-            listener = bind_listener(self.master_addr, 0, flag="--standalone")
+            port, flag = 0, "--standalone"
         else:
             self.master_addr = config.rdzv_host
-            listener = bind_listener(self.master_addr, config.rdzv_port or 0, flag="--master-port")
-        self.master_port = int(listener.getsockname()[1])
-        self._store = serve_store(listener)
+            port, flag = config.rdzv_port or 0, "--master-port"
+        # Only this machine's workers connect: no other machine needs to reach it.
+        plan = plan_binding(self.master_addr, store_bind=config.rdzv.store_bind, remote_peers=False)
+        listeners = bind_listeners(plan, port, where=self.master_addr, flag=flag)
+        self.master_port = int(listeners[0].getsockname()[1])
+        log_plan("the workers' store", plan, self.master_port)
+        self._store = serve_store(listeners)
         self._store.start()
         self._round = -1
         self._restart_count = 0

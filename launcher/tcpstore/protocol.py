@@ -13,7 +13,10 @@ for the enums and magic number; ``TCPStore.cpp`` for what the client sends and e
   size and every integer reply are ``i64``; PING's nonce and VALIDATE's magic are ``u32``.
 - A new connection must first send VALIDATE with the magic number; it gets no reply.
 
-Nothing here touches a socket, so the unit tests can feed it any byte sequence.
+Nothing here touches a socket, so the unit tests can feed it any byte sequence. ``Framer``
+finds where a request ends without copying it, resuming where it stopped, so a request that
+arrives in many pieces is measured once in all (not re-parsed from its start per piece) and
+its claimed lengths are checked against the limits before its bytes arrive.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from launcher.tcpstore.limits import DEFAULT_LIMITS, Limits
+
 VALIDATION_MAGIC = 0x3C85F7CE
 
-# The libuv server's limits. Enforcing them bounds what one bad client can make us buffer.
-MAX_KEY_LEN = 8 * 1024
-MAX_PAYLOAD_LEN = 8 * 1024 * 1024
-MAX_KEY_COUNT = 128 * 1024
+# The libuv server's limits (the defaults of limits.Limits).
+MAX_KEY_LEN = DEFAULT_LIMITS.max_key_len
+MAX_PAYLOAD_LEN = DEFAULT_LIMITS.max_value_len
+MAX_KEY_COUNT = DEFAULT_LIMITS.max_key_count
 
 
 class QueryType(enum.IntEnum):
@@ -102,9 +107,10 @@ class _Incomplete(Exception):
 class _Reader:
     # No memoryview: an export left alive by an exception's traceback would stop the caller
     # from trimming its bytearray. unpack_from and slicing hold the buffer only briefly.
-    def __init__(self, data: bytes | bytearray, start: int) -> None:
+    def __init__(self, data: bytes | bytearray, start: int, limits: Limits) -> None:
         self._data = data
         self.pos = start
+        self._limits = limits
 
     def _need(self, size: int) -> int:
         start, end = self.pos, self.pos + size
@@ -139,16 +145,19 @@ class _Reader:
         return bytes(self._data[start : start + size])
 
     def key(self) -> bytes:
-        return self.blob(MAX_KEY_LEN, "key")
+        return self.blob(self._limits.max_key_len, "key")
 
     def value(self) -> bytes:
-        return self.blob(MAX_PAYLOAD_LEN, "value")
+        return self.blob(self._limits.max_value_len, "value")
 
     def count(self) -> int:
-        count = self.u64()
-        if count > MAX_KEY_COUNT:
-            raise ProtocolError(f"{count} keys exceeds the limit of {MAX_KEY_COUNT}")
-        return count
+        return _checked_count(self.u64(), self._limits)
+
+
+def _checked_count(count: int, limits: Limits) -> int:
+    if count > limits.max_key_count:
+        raise ProtocolError(f"{count} keys exceeds the limit of {limits.max_key_count}")
+    return count
 
 
 def _parse_body(op: QueryType, r: _Reader) -> Request:
@@ -181,23 +190,134 @@ def _parse_body(op: QueryType, r: _Reader) -> Request:
     return Request(op=op, keys=tuple(keys), values=tuple(values))
 
 
-def parse_request(data: bytes | bytearray, start: int = 0) -> tuple[Request, int] | None:
+def _query_type(command: int) -> QueryType:
+    try:
+        return QueryType(command)
+    except ValueError:
+        raise ProtocolError("unknown command", command=command) from None
+
+
+def parse_request(
+    data: bytes | bytearray, start: int = 0, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Request, int] | None:
     """Decode the request at ``data[start:]``.
 
     Returns the request and the offset just past it, or None when the request is not complete
     yet. Raises ProtocolError for an unknown command byte or an argument over the limits.
     """
-    r = _Reader(data, start)
+    r = _Reader(data, start, limits)
     try:
-        command = r.u8()
-        try:
-            op = QueryType(command)
-        except ValueError:
-            raise ProtocolError("unknown command", command=command) from None
-        request = _parse_body(op, r)
+        request = _parse_body(_query_type(r.u8()), r)
     except _Incomplete:
         return None
     return request, r.pos
+
+
+# What follows the command byte, for the Framer: fixed-size fields (their size in bytes),
+# a key or a value (u64 length + bytes), or a key count; then, for the ops that take a
+# count, the items repeated once per key.
+_KEY, _VALUE, _COUNT = -1, -2, -3
+_SHAPES: dict[QueryType, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    QueryType.VALIDATE: ((4,), ()),
+    QueryType.PING: ((4,), ()),
+    QueryType.GETNUMKEYS: ((), ()),
+    QueryType.CANCEL_WAIT: ((), ()),
+    QueryType.LIST_KEYS: ((), ()),
+    QueryType.GET: ((_KEY,), ()),
+    QueryType.DELETE_KEY: ((_KEY,), ()),
+    QueryType.QUEUE_POP: ((_KEY,), ()),
+    QueryType.QUEUE_LEN: ((_KEY,), ()),
+    QueryType.SET: ((_KEY, _VALUE), ()),
+    QueryType.APPEND: ((_KEY, _VALUE), ()),
+    QueryType.QUEUE_PUSH: ((_KEY, _VALUE), ()),
+    QueryType.COMPARE_SET: ((_KEY, _VALUE, _VALUE), ()),
+    QueryType.ADD: ((_KEY, 8), ()),
+    QueryType.BARRIER: ((_KEY, 8), ()),
+    QueryType.CHECK: ((_COUNT,), (_KEY,)),
+    QueryType.WAIT: ((_COUNT,), (_KEY,)),
+    QueryType.MULTI_GET: ((_COUNT,), (_KEY,)),
+    QueryType.MULTI_SET: ((_COUNT,), (_KEY, _VALUE)),
+}
+
+
+class Framer:
+    """Where the request at ``data[start:]`` ends, measured without copying it.
+
+    Resumable: a call that runs out of bytes keeps its progress, and the next call (with the
+    same ``start``, more bytes after it) continues from there, so the work is linear in the
+    request's size however it is split. A length is checked against the limits as soon as
+    its 8 bytes are in, and a blob is stepped over before its bytes arrive: a claimed 2**63
+    byte key fails at once and nothing is ever allocated for a length. ``reset()`` once the
+    request has been consumed.
+    """
+
+    __slots__ = ("_items", "_limits", "_op", "_pos", "_step")
+    _op: QueryType | None
+    _pos: int  # relative to the request's start
+    _step: int  # items consumed
+    _items: int  # items in the request (grows once a count is read)
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self.reset()
+
+    def reset(self) -> None:
+        self._op, self._pos, self._step, self._items = None, 0, 0, 0
+
+    @property
+    def started(self) -> bool:
+        return self._op is not None
+
+    @staticmethod
+    def _item(op: QueryType, step: int) -> int:
+        head, repeat = _SHAPES[op]
+        if step < len(head):
+            return head[step]
+        return repeat[(step - len(head)) % len(repeat)]
+
+    def _check_size(self, at_least: int) -> None:
+        if at_least > self._limits.max_request_len:
+            raise ProtocolError(
+                f"a request of at least {at_least} bytes exceeds the limit of "
+                f"{self._limits.max_request_len}",
+                command=self._op,
+            )
+
+    def frame_end(self, data: bytes | bytearray, start: int) -> int | None:
+        """The offset just past the request, or None until all of its bytes are in."""
+        avail = len(data) - start
+        limits = self._limits
+        op = self._op
+        if op is None:
+            if avail < 1:
+                return None
+            self._op = op = _query_type(data[start])
+            self._pos, self._step, self._items = 1, 0, len(_SHAPES[op][0])
+        while self._step < self._items:
+            kind = self._item(op, self._step)
+            field = 8 if kind < 0 else kind
+            if self._pos + field > avail:
+                return None
+            number: int = _U64.unpack_from(data, start + self._pos)[0] if field == 8 else 0
+            self._pos += field
+            if kind == _COUNT:
+                count = _checked_count(number, limits)
+                per_key = len(_SHAPES[op][1])
+                self._items += count * per_key
+                # Their length fields alone must fit: a claimed count fails before its keys.
+                self._check_size(self._pos + 8 * count * per_key)
+            elif kind in (_KEY, _VALUE):
+                limit, what = (
+                    (limits.max_key_len, "key") if kind == _KEY else (limits.max_value_len, "value")
+                )
+                if number > limit:
+                    raise ProtocolError(
+                        f"{what} of {number} bytes exceeds the limit of {limit}", command=op
+                    )
+                self._pos += number
+            self._check_size(self._pos)
+            self._step += 1
+        return start + self._pos if self._pos <= avail else None
 
 
 # Replies. The server answers with these and nothing else.

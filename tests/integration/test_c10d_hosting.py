@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import RendezvousConnectionError
-from launcher.rendezvous.backends.c10d import C10dStore, machine_owns
+from launcher.rendezvous.addresses import machine_owns
+from launcher.rendezvous.backends.c10d import C10dStore
 from tests.conftest import Procs, clean_env
 
 pytestmark = pytest.mark.integration
 
 
 def free_port() -> int:
-    """A port free on every local address (the store's server listens on all of them)."""
+    """A port free on every local address (a test's store may listen on any of them)."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::", 0))

@@ -281,7 +281,7 @@ def rendezvous(
 
     def make(conf: str, nnodes: str = "1") -> tuple[dynamic.DynamicRendezvous, Flaky, Sink]:
         store, sink = Flaky(), Sink()
-        monkeypatch.setattr(dynamic, "open_store", lambda config: lambda: store)
+        monkeypatch.setattr(dynamic, "open_store", lambda config, on_drop=None: lambda: store)
         script = tmp_path / "train.py"
         script.write_text("")
         argv = ["--nnodes", nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:9"]

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from launcher.config import LaunchConfig
 from launcher.errors import RendezvousConnectionError
 from launcher.rendezvous.store import Store
+from launcher.tcpstore.drops import OnDrop
 
 
-def open_store(config: LaunchConfig) -> Callable[[], Store]:
-    """Opens the backend's store; returns a factory for more client connections."""
+def open_store(config: LaunchConfig, *, on_drop: OnDrop | None = None) -> Callable[[], Store]:
+    """Opens the backend's store; returns a factory for more client connections.
+    ``on_drop``: told of clients a store this agent hosts dropped for misbehaving."""
     opts = config.rdzv
     backend = config.rdzv_backend
     if backend in ("c10d", "static"):
@@ -34,6 +36,9 @@ def open_store(config: LaunchConfig) -> Callable[[], Store]:
             is_host=is_host,
             timeout_s=timeout,
             run_id=config.run_id,
+            store_bind=opts.store_bind,
+            remote_peers=config.max_nodes > 1,
+            on_drop=on_drop,
         )
         clones: list[Store] = [first]
 

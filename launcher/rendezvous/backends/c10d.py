@@ -7,18 +7,19 @@ address (``localhost``, any loopback address, this host's name, or an address it
 tries to host, and the one that binds the port first does; the others, finding the port
 taken, join as clients. Several agents on one machine therefore race, and whichever binds
 first hosts: pass ``is_host`` where the host must be a given agent (docs/rendezvous.md).
-The server listens on every interface, as torch's does, so agents reach it by any address.
+Unlike torch's, the server listens only on the endpoint's addresses here (every interface
+with ``--rdzv-conf store_bind=all``, or where those cannot serve: rendezvous/addresses.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from collections.abc import Sequence
 
 from launcher.errors import RendezvousConnectionError
+from launcher.rendezvous.addresses import BindPlan, listen, log_plan, machine_owns, plan_binding
 from launcher.tcpstore.client import StoreClient, StoreConnectionError
+from launcher.tcpstore.drops import OnDrop
 from launcher.tcpstore.server import StoreServer
 
 log = logging.getLogger(__name__)
@@ -27,35 +28,6 @@ log = logging.getLogger(__name__)
 # this long: a retry must stay short while the host is unreachable (the agent retries with
 # backoff until store_outage_timeout).
 _RECONNECT_TIMEOUT_S = 2.0
-
-
-def _addresses(host: str) -> set[str]:
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except (socket.gaierror, UnicodeError):
-        return set()
-
-
-def _bindable(address: str) -> bool:
-    """Whether an interface of this machine has `address` (binding port 0 claims nothing)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((address, 0))
-    except OSError:
-        return False
-    return True
-
-
-def machine_owns(host: str) -> bool:
-    """torchrun's test for "the endpoint is this machine" (``_matches_machine_hostname``):
-    ``localhost``, a loopback address, this host's name, or an address of this host. torch
-    compares only with the addresses its hostname resolves to (missing secondary NICs);
-    asking the kernel whether the address can be bound answers for every interface."""
-    if host == "localhost" or host in (socket.gethostname(), socket.getfqdn()):
-        return True
-    found = _addresses(host.strip("[]"))
-    return any(ipaddress.ip_address(a).is_loopback or _bindable(a) for a in found)
 
 
 # The rendezvous never waits for a key (every operation answers at once), so a reply later
@@ -86,11 +58,24 @@ class C10dStore:
         is_host: bool | None,
         timeout_s: float,
         run_id: str,
+        store_bind: str = "auto",
+        remote_peers: bool = True,
+        on_drop: OnDrop | None = None,
     ) -> C10dStore:
+        """``remote_peers``: agents on other machines may connect (``--nnodes`` above 1);
+        ``on_drop`` hears of clients the hosted server dropped for misbehaving."""
         endpoint = f"{host}:{port}"
         server = None
         if is_host if is_host is not None else machine_owns(host):
-            server = _host(port, explicit=is_host is not None, endpoint=endpoint, run_id=run_id)
+            plan = plan_binding(host, store_bind=store_bind, remote_peers=remote_peers)
+            server = _host(
+                port,
+                plan=plan,
+                explicit=is_host is not None,
+                endpoint=endpoint,
+                run_id=run_id,
+                on_drop=on_drop,
+            )
         try:
             client = StoreClient(
                 host,
@@ -142,11 +127,19 @@ class C10dStore:
             self._server = None
 
 
-def _host(port: int, *, explicit: bool, endpoint: str, run_id: str) -> StoreServer | None:
-    """The store's server on every interface, or None when the port is taken and hosting
-    was only inferred (another agent on this machine won the race: join it as a client)."""
+def _host(
+    port: int,
+    *,
+    plan: BindPlan,
+    explicit: bool,
+    endpoint: str,
+    run_id: str,
+    on_drop: OnDrop | None,
+) -> StoreServer | None:
+    """The store's server on the planned addresses, or None when the port is taken and
+    hosting was only inferred (another agent on this machine won the race: join it)."""
     try:
-        server = StoreServer(host=None, port=port)
+        listeners = listen(plan, port)
     except OSError as err:
         if explicit:
             raise RendezvousConnectionError(
@@ -159,8 +152,10 @@ def _host(port: int, *, explicit: bool, endpoint: str, run_id: str) -> StoreServ
         # reason (the usual one: another agent on this machine bound the port first).
         log.info("cannot host the store on port %d (%s); joining as a client", port, err.strerror)
         return None
+    server = StoreServer(listeners, label="the rendezvous store", on_drop=on_drop)
     server.start()
     log.info("hosting the rendezvous store at %s", endpoint)
+    log_plan("the rendezvous store", plan, port)
     return server
 
 
