@@ -437,7 +437,7 @@ def test_default_checkers_have_distinct_names() -> None:
     # test_straggler_checker.py), so the kill-worker
     # story's ALL_NAMES lacks them.
     names = [c.name for c in default_checkers()]
-    assert names == [*ALL_NAMES[:-1], "hang", "straggler", "hygiene"]
+    assert names == [*ALL_NAMES[:-1], "hang", "straggler", "intruder", "hygiene"]
     assert len(set(names)) == len(names)
 
 
