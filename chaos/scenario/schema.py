@@ -50,6 +50,7 @@ class Topology:
     max_nodes: int | None = None  # default: nodes + spares
     rdzv_backend: str = "c10d"
     etcd_members: int = 1
+    rdzv_tls: bool = False  # etcd: TLS and client certificates, made by the harness
     launcher_args: tuple[str, ...] = ()
     image: str | None = None  # docker: the node image (default: built offline by the harness)
 

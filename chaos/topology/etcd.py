@@ -30,7 +30,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaos.topology.etcd_members import (
     HOST,
@@ -39,7 +39,9 @@ from chaos.topology.etcd_members import (
     die_with_parent,
     free_ports,
 )
-from chaos.topology.etcd_tls import TlsFiles, make_tls_files
+
+if TYPE_CHECKING:  # etcd_tls needs `cryptography`, imported only for a cluster with TLS
+    from chaos.topology.etcd_tls import TlsFiles
 
 __all__ = [
     "HOST",
@@ -116,7 +118,7 @@ class EtcdCluster:
         self._argv: dict[int, list[str]] = {}  # how each member was started (restart_member)
         self._etcdctl: str | None = None
         self._want_tls = tls is not False
-        self.tls: TlsFiles | None = tls if isinstance(tls, TlsFiles) else None
+        self.tls: TlsFiles | None = None if isinstance(tls, bool) else tls
         self._context: ssl.SSLContext | None = None  # the harness's own client context
 
     def __enter__(self) -> EtcdCluster:
@@ -157,9 +159,12 @@ class EtcdCluster:
 
     def _make_tls(self) -> None:
         if self._want_tls and self.tls is None:
+            from chaos.topology.etcd_tls import make_tls_files
+
             hosts = [self.placement.address(i) for i in range(self.size)]
             # 127.0.0.1: where a store-link proxy listens in front of a member.
-            self.tls = make_tls_files(self.log_dir / "tls", [*hosts, "127.0.0.1", "localhost"])
+            tls_dir = (self.log_dir / "tls").resolve()  # agents may run in another directory
+            self.tls = make_tls_files(tls_dir, [*hosts, "127.0.0.1", "localhost"])
         if self.tls is not None and self._context is None:
             self._context = ssl.create_default_context(cafile=str(self.tls.ca))
             self._context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
