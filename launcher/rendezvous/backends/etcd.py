@@ -123,7 +123,7 @@ def _token_rejected(reply: Json) -> bool:
     """etcd no longer takes the token: it expired (`--auth-token-ttl` of idleness), the member
     restarted (simple tokens live in memory), or users and roles changed since it was issued."""
     message = _message(reply)
-    return reply.get("code") == 16 or "invalid auth token" in message or "is old" in message
+    return reply.get("code") == 16 or "invalid auth token" in message or "store is old" in message
 
 
 def _decode(data: bytes) -> Json:

@@ -106,7 +106,7 @@ def tls_refusal(err: BaseException, tls: ClientTls | None) -> str | None:
             f"TLS: the member refused the client certificate cert={tls.cert} ({reason}): "
             "it must be signed by a CA etcd trusts (--trusted-ca-file) and valid now"
         )
-    if reason == "WRONG_VERSION_NUMBER":
+    if reason == "WRONG_VERSION_NUMBER":  # an HTTP answer; etcd itself just hangs up
         return "TLS: the member does not speak TLS on this port (protocol=http?)"
     return f"TLS: {reason}"
 
