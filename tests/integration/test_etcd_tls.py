@@ -204,7 +204,10 @@ def refused(make: EtcdStore) -> str:
     began = time.monotonic()
     with pytest.raises(RendezvousAccessError) as info:
         make.get("k")
-    assert time.monotonic() - began < FAIL_FAST_S
+    took = time.monotonic() - began
+    assert took < FAIL_FAST_S, f"{took:.1f}s: {info.value}"
+    # One member: a connection, and a second where the member's alert was lost (TLS 1.3).
+    assert make._connections.opened <= 2, "retried"
     assert info.value.exit_code == 2
     message = str(info.value)
     assert "\n" not in message and PASSWORD not in message
@@ -224,8 +227,9 @@ def test_wrong_ca_expired_certificate_and_bad_password_are_refused_at_once(
     user = Credentials("agent", PASSWORD)
     message = refused(EtcdStore(endpoints, protocol="https", tls=wrong_ca, credentials=user))
     assert f"etcd at {url}: TLS" in message and str(other.cert) in message
-    message = refused(EtcdStore(endpoints, protocol="https", tls=expired, credentials=user))
-    assert str(expired_cert) in message and "BAD_CERTIFICATE" in message
+    for _ in range(10):  # etcd often hangs up before its alert arrives: never a retry pass
+        message = refused(EtcdStore(endpoints, protocol="https", tls=expired, credentials=user))
+        assert str(expired_cert) in message and "BAD_CERTIFICATE" in message
     wrong = Credentials("agent", "wrong")
     message = refused(EtcdStore(endpoints, protocol="https", tls=right, credentials=wrong))
     assert f"etcd at {url} refused user 'agent'" in message and "password" in message
