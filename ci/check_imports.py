@@ -6,7 +6,9 @@
 4. importing the CLI or launcher.progress does not import torch;
 5. the agent never imports torch, on one node or many: only launcher/resolve.py may (to count
    GPUs for --nproc-per-node gpu/auto), and importing the agent, the multi-node rendezvous and
-   its store backends does not (tests/integration/test_c10d_hosting.py runs a job without it).
+   its store backends does not (tests/integration/test_c10d_hosting.py runs a job without it);
+6. launcher needs nothing installed: it imports only the standard library (and torch where
+   rule 5 allows it), so its TLS to etcd is `ssl`, never `cryptography`.
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ def main() -> int:
     may_import_torch = {ROOT / "launcher" / "resolve.py"}
     for path in (ROOT / "launcher").rglob("*.py"):
         for name in imports(path):
-            if name.split(".")[0] == "torch" and path not in may_import_torch:
+            top = name.split(".")[0]
+            if top == "torch" and path not in may_import_torch:
                 problems.append(f"{path}: the agent must not import torch ({name})")
+            elif top not in (*sys.stdlib_module_names, "__future__", "launcher", "torch"):
+                problems.append(f"{path}: launcher uses only the standard library, not {name}")
     agent_side = (
         "launcher.cli",
         "launcher.progress",

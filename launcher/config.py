@@ -60,6 +60,25 @@ def parse_std_spec(value: str, *, flag: str) -> StdSpec:
     )
 
 
+# Names the password file when `--rdzv-conf username=...` comes without `password_file`: a
+# password on the command line would show in `ps` to every user of the machine.
+ETCD_PASSWORD_FILE_ENV = "LAUNCHER_ETCD_PASSWORD_FILE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtcdOptions:
+    """The etcd backend's `--rdzv-conf` keys (docs/etcd.md). Paths only: the files are read
+    when the store opens, so the password never sits in the config."""
+
+    protocol: str = "http"
+    cacert: Path | None = None  # the CA bundle that verifies the members (default: system's)
+    cert: Path | None = None  # client certificate and its key: mutual TLS
+    key: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    prefix: str = "/launcher/"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RendezvousOptions:
     """`--rdzv-conf` as typed fields; durations are float seconds."""
@@ -88,7 +107,7 @@ class RendezvousOptions:
     # (rendezvous/addresses.py); "all": every interface, as torch's servers.
     store_bind: str = "auto"
     rank: int | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
 
 
 _DURATION_KEYS = {
@@ -104,10 +123,20 @@ _DURATION_KEYS = {
 }
 # A duration key for which 0 means something: give up at the first store failure.
 _ZERO_ALLOWED = frozenset({"store_outage_timeout"})
-# Accepted and passed through to the backend that understands them (etcd TLS and prefix).
-_PASSTHROUGH_KEYS = frozenset(
-    {"protocol", "ssl_cert", "ssl_cert_key", "ca_cert", "cert", "key", "cacert", "etcd_prefix"}
-)
+# The etcd backend's keys -> EtcdOptions fields. torchrun's `etcd` backend spells them
+# cacert/cert/key and its `etcd-v2` backend ca_cert/ssl_cert/ssl_cert_key: both work.
+ETCD_KEYS = {
+    "protocol": "protocol",
+    "cacert": "cacert",
+    "ca_cert": "cacert",
+    "cert": "cert",
+    "ssl_cert": "cert",
+    "key": "key",
+    "ssl_cert_key": "key",
+    "username": "username",
+    "password_file": "password_file",
+    "etcd_prefix": "prefix",
+}
 _TRUE = {"1", "true", "t", "yes", "y"}
 _FALSE = {"0", "false", "f", "no", "n"}
 
@@ -154,9 +183,48 @@ def _as_store_bind(value: str) -> str:
     )
 
 
+def _etcd_options(given: Mapping[str, tuple[str, str]]) -> EtcdOptions:
+    """EtcdOptions from {field: (key as written, value)}, with the checks that need no file."""
+    values = {name: value for name, (_, value) in given.items()}
+    protocol = values.get("protocol", "http").lower()  # torch lower-cases it too
+    if protocol not in ("http", "https"):
+        raise ConfigError(f"protocol must be http or https, got {protocol!r}", flag="--rdzv-conf")
+    tls = [key for name, (key, _) in given.items() if name in ("cacert", "cert", "key")]
+    if tls and protocol != "https":
+        raise ConfigError(
+            f"{', '.join(tls)} need TLS, but protocol is {protocol}",
+            flag="--rdzv-conf",
+            fix="add protocol=https",
+        )
+    if ("cert" in given) != ("key" in given):
+        present, missing = ("cert", "key") if "cert" in given else ("key", "cert")
+        raise ConfigError(
+            f"{given[present][0]} without {missing}: a client certificate needs its private key",
+            flag="--rdzv-conf",
+            fix="give both cert=PATH and key=PATH",
+        )
+    if "password_file" in given and "username" not in given:
+        raise ConfigError(
+            "password_file without username", flag="--rdzv-conf", fix="add username=NAME"
+        )
+
+    def path(name: str) -> Path | None:
+        return Path(values[name]) if name in values else None
+
+    return EtcdOptions(
+        protocol=protocol,
+        cacert=path("cacert"),
+        cert=path("cert"),
+        key=path("key"),
+        username=values.get("username"),
+        password_file=path("password_file"),
+        prefix=values.get("prefix", "/launcher/"),
+    )
+
+
 def parse_rdzv_conf(text: str) -> RendezvousOptions:
     fields: dict[str, object] = {}
-    extra: dict[str, str] = {}
+    etcd: dict[str, tuple[str, str]] = {}  # EtcdOptions field -> (key as written, value)
     for item in (part for part in text.split(",") if part.strip()):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
@@ -184,8 +252,20 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
             fields["store_type"] = value
         elif key == "store_bind":
             fields["store_bind"] = _as_store_bind(value)
-        elif key in _PASSTHROUGH_KEYS:
-            extra[key] = value
+        elif key in ETCD_KEYS:
+            name = ETCD_KEYS[key]
+            if name in etcd and etcd[name][0] != key:
+                raise ConfigError(
+                    f"{etcd[name][0]} and {key} are two names for one option: give one",
+                    flag="--rdzv-conf",
+                )
+            etcd[name] = (key, value)
+        elif key == "password":
+            raise ConfigError(
+                "a password on the command line is visible to every user (ps)",
+                flag="--rdzv-conf",
+                fix=f"put it in a file: password_file=PATH (or ${ETCD_PASSWORD_FILE_ENV})",
+            )
         else:
             known = sorted(
                 [
@@ -196,13 +276,13 @@ def parse_rdzv_conf(text: str) -> RendezvousOptions:
                     "secret_file",
                     "store_type",
                     "store_bind",
-                    *_PASSTHROUGH_KEYS,
+                    *ETCD_KEYS,
                 ]
             )
             raise ConfigError(
                 f"unknown key {key!r}", flag="--rdzv-conf", fix=f"known keys: {', '.join(known)}"
             )
-    return RendezvousOptions(extra=extra, **fields)  # type: ignore[arg-type]
+    return RendezvousOptions(etcd=_etcd_options(etcd), **fields)  # type: ignore[arg-type]
 
 
 def parse_nnodes(text: str) -> tuple[int, int]:

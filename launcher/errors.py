@@ -5,6 +5,7 @@
     +-- RendezvousError           the job could not be formed
     |   +-- RendezvousTimeoutError
     |   +-- RendezvousConnectionError
+    |   +-- RendezvousAccessError  the store refused this client: TLS or credentials (exit 2)
     |   +-- RendezvousClosedError
     +-- WorkerStartError          a worker process could not be created
 
@@ -47,6 +48,14 @@ class RendezvousTimeoutError(RendezvousError):
 
 class RendezvousConnectionError(RendezvousError):
     pass
+
+
+class RendezvousAccessError(RendezvousError):
+    """The store answered and refused us (a certificate it or we do not trust, a wrong
+    password, no permission): a configuration error that no retry fixes, so it exits 2
+    like one instead of being retried until a timeout."""
+
+    exit_code = 2
 
 
 class RendezvousClosedError(RendezvousError):

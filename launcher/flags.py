@@ -105,7 +105,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="Rendezvous options key1=value1,key2=value2, e.g. join_timeout, "
         "last_call_timeout, keep_alive_interval, read_timeout, store_outage_timeout "
         "(seconds to keep retrying an unreachable store, default 30; 0: give up at once); "
-        "see docs/rendezvous.md.",
+        "etcd: protocol=https, cacert, cert, key, username, password_file, etcd_prefix "
+        "(docs/etcd.md); see docs/rendezvous.md.",
     )
     boolean("--standalone", underscore=False, help="Single-node job on a free local port.")
     valued("--max-restarts", default=0, type=int, help="Worker group restarts allowed on failure.")

@@ -19,9 +19,12 @@ from launcher.config import (
     DEFAULT_ETCD_PORT,
     DEFAULT_MASTER_PORT,
     DUMP_METHODS,
+    ETCD_PASSWORD_FILE_ENV,
     KNOWN_BACKENDS,
     Entrypoint,
+    EtcdOptions,
     LaunchConfig,
+    RendezvousOptions,
     parse_endpoint,
     parse_nnodes,
     parse_rdzv_conf,
@@ -30,6 +33,34 @@ from launcher.config import (
 )
 from launcher.errors import ConfigError
 from launcher.secret import read_secret, secret_file
+
+
+def _etcd_access(
+    rdzv: RendezvousOptions, backend: str, env: Mapping[str, str]
+) -> RendezvousOptions:
+    """The etcd keys only where etcd is the backend; the password file named by the
+    environment when the command line gives a username without one."""
+    etcd = rdzv.etcd
+    if not backend.startswith("etcd"):
+        if etcd != EtcdOptions():
+            raise ConfigError(
+                f"the etcd options (protocol, cacert, cert, key, username, password_file, "
+                f"etcd_prefix) do not apply to the {backend} backend",
+                flag="--rdzv-conf",
+                fix="use --rdzv-backend etcd, or drop them",
+            )
+        return rdzv
+    if etcd.username is None or etcd.password_file is not None:
+        return rdzv
+    named = env.get(ETCD_PASSWORD_FILE_ENV, "")
+    if not named:
+        raise ConfigError(
+            f"username={etcd.username} needs a password",
+            flag="--rdzv-conf",
+            fix=f"add password_file=PATH, or set {ETCD_PASSWORD_FILE_ENV}=PATH",
+        )
+    etcd = dataclasses.replace(etcd, password_file=Path(named))
+    return dataclasses.replace(rdzv, etcd=etcd)
 
 
 def _cpu_count() -> int:
@@ -253,6 +284,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         host, port = parse_endpoint(first, default_port=default)
         for extra in endpoint_text.split(",")[1:]:
             parse_endpoint(extra, default_port=default)
+    rdzv = _etcd_access(rdzv, backend, env)
     if backend == "memory" and max_nodes > 1:
         raise ConfigError(
             "the memory backend runs one node", flag="--rdzv-backend", fix="use c10d or etcd"

@@ -39,6 +39,8 @@ def scenario_to_data(scenario: Scenario) -> dict[str, Any]:
         etcd_members=topo.etcd_members,
         launcher_args=list(topo.launcher_args),
     )
+    if topo.rdzv_tls:
+        topology["rdzv_tls"] = True
     if topo.image is not None:
         topology["image"] = topo.image
     data: dict[str, Any] = {"name": scenario.name}

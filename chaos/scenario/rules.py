@@ -37,7 +37,7 @@ TOP_KEYS = (
 )  # fmt: skip
 TOPOLOGY_KEYS = (
     "backend", "nodes", "spares", "nproc_per_node", "nnodes", "min_nodes", "max_nodes",
-    "rdzv_backend", "etcd_members", "launcher_args", "image", "rdzv_secret",
+    "rdzv_backend", "etcd_members", "rdzv_tls", "launcher_args", "image", "rdzv_secret",
 )  # fmt: skip
 WORKLOAD_KEYS = ("script", "steps", "step_s", "checkpoint_every", "args")
 EXPECT_KEYS = (
@@ -153,6 +153,11 @@ def build_topology(f: Fields, backend: str | None) -> Topology:
             v.fail("1, 3 or 5 etcd members")
         if etcd_members != 1 and rdzv_backend != "etcd":
             v.error(f"etcd_members needs rdzv_backend: etcd, got {rdzv_backend!r}")
+    rdzv_tls = False
+    if (v := f.get("rdzv_tls")) is not None:
+        rdzv_tls = v.boolean()
+        if rdzv_tls and rdzv_backend != "etcd":
+            v.error(f"rdzv_tls needs rdzv_backend: etcd, got {rdzv_backend!r}")
     image = None
     if (v := f.get("image")) is not None:
         image = v.text(what="a docker image name, e.g. myorg/train:1")
@@ -175,7 +180,7 @@ def build_topology(f: Fields, backend: str | None) -> Topology:
     return Topology(
         backend=backend or "local", nodes=nodes, spares=spares, nproc_per_node=nproc,
         min_nodes=min_nodes, max_nodes=max_nodes, rdzv_backend=rdzv_backend,
-        etcd_members=etcd_members, launcher_args=launcher_args, image=image,
+        etcd_members=etcd_members, rdzv_tls=rdzv_tls, launcher_args=launcher_args, image=image,
         rdzv_secret=rdzv_secret,
     )  # fmt: skip
 

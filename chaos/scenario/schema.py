@@ -56,6 +56,7 @@ class Topology:
     max_nodes: int | None = None  # default: nodes + spares
     rdzv_backend: str = "c10d"
     etcd_members: int = 1
+    rdzv_tls: bool = False  # etcd: TLS and client certificates, made by the harness
     launcher_args: tuple[str, ...] = ()
     # A job secret (the harness writes one and passes `--rdzv-conf secret_file` to our agents).
     rdzv_secret: bool = False

@@ -11,6 +11,10 @@ it starts on entry and always stops on exit.
 Health and leader come from the members themselves: over HTTP from the harness when it can
 reach them (`local`), otherwise with `etcdctl ... -w json` run inside a member's network
 (`ip netns exec`, `nsenter`), since the harness's own namespace has no route to them.
+
+With `tls` the client port speaks only TLS and wants a client certificate (etcd's
+--client-cert-auth): the certificates (chaos.topology.etcd_tls) are made at start, once every
+member's address is known, in `log_dir`/tls, where member containers and nodes see them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -25,7 +30,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaos.topology.etcd_members import (
     HOST,
@@ -34,6 +39,9 @@ from chaos.topology.etcd_members import (
     die_with_parent,
     free_ports,
 )
+
+if TYPE_CHECKING:  # etcd_tls needs `cryptography`, imported only for a cluster with TLS
+    from chaos.topology.etcd_tls import TlsFiles
 
 __all__ = [
     "HOST",
@@ -61,9 +69,19 @@ def etcdctl_binary() -> str | None:
     return found or ("/usr/bin/etcdctl" if Path("/usr/bin/etcdctl").is_file() else None)
 
 
-def http_json(url: str, body: dict[str, Any] | None = None, timeout_s: float = 2.0) -> Any:
+def http_json(
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout_s: float = 2.0,
+    context: ssl.SSLContext | None = None,
+) -> Any:
+    opener = _OPENER
+    if context is not None:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
     data = None if body is None else json.dumps(body).encode()
-    with _OPENER.open(urllib.request.Request(url, data=data), timeout=timeout_s) as reply:
+    with opener.open(urllib.request.Request(url, data=data), timeout=timeout_s) as reply:
         return json.loads(reply.read())
 
 
@@ -87,7 +105,10 @@ class EtcdCluster:
         log_dir: Path | None = None,
         enable_v2: bool = False,
         placement: Placement | None = None,
+        tls: bool | TlsFiles = False,
     ) -> None:
+        """`tls`: True makes the certificates at start; TlsFiles brings them (tests that
+        need an odd one, such as an expired server certificate)."""
         self.size = size
         self._own_logs = log_dir is None
         self.log_dir = log_dir if log_dir is not None else Path(tempfile.mkdtemp(prefix="etcd-"))
@@ -96,6 +117,9 @@ class EtcdCluster:
         self.ports: list[tuple[int, int]] = []  # (client, peer) per member
         self._argv: dict[int, list[str]] = {}  # how each member was started (restart_member)
         self._etcdctl: str | None = None
+        self._want_tls = tls is not False
+        self.tls: TlsFiles | None = None if isinstance(tls, bool) else tls
+        self._context: ssl.SSLContext | None = None  # the harness's own client context
 
     def __enter__(self) -> EtcdCluster:
         try:
@@ -131,7 +155,19 @@ class EtcdCluster:
         return f"{self.placement.address(index)}:{self.ports[index][0]}"
 
     def client_url(self, index: int) -> str:
-        return f"http://{self.client_addr(index)}"
+        return f"{'https' if self._want_tls else 'http'}://{self.client_addr(index)}"
+
+    def _make_tls(self) -> None:
+        if self._want_tls and self.tls is None:
+            from chaos.topology.etcd_tls import make_tls_files
+
+            hosts = [self.placement.address(i) for i in range(self.size)]
+            # 127.0.0.1: where a store-link proxy listens in front of a member.
+            tls_dir = (self.log_dir / "tls").resolve()  # agents may run in another directory
+            self.tls = make_tls_files(tls_dir, [*hosts, "127.0.0.1", "localhost"])
+        if self.tls is not None and self._context is None:
+            self._context = ssl.create_default_context(cafile=str(self.tls.ca))
+            self._context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
 
     def start(self, timeout_s: float = 30.0) -> None:
         binary = etcd_binary()
@@ -142,6 +178,7 @@ class EtcdCluster:
             if self._etcdctl is None:
                 raise RuntimeError("etcdctl is not installed (apt-get install etcd-client)")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._make_tls()
         token = f"chaos-{uuid.uuid4().hex[:8]}"
         for attempt in range(1, START_ATTEMPTS + 1):
             self._spawn(binary, f"{token}-{attempt}", attempt)
@@ -173,6 +210,8 @@ class EtcdCluster:
             ]
             if self.enable_v2:
                 argv.append("--enable-v2")
+            if self.tls is not None:
+                argv += self.tls.etcd_args()
             self._argv[i] = argv
             self.placement.spawn(i, argv, self.log_dir / f"m{i}.log")
 
@@ -200,6 +239,9 @@ class EtcdCluster:
         urls = ",".join(self.client_url(i) for i in live)
         argv = [*self.placement.probe_exec(live[0]), self._etcdctl, f"--endpoints={urls}"]
         argv += ["--dial-timeout=1s", "--command-timeout=1s", *args, "-w", "json"]
+        if self.tls is not None:
+            argv += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}"]
+            argv += [f"--key={self.tls.client_key}"]
         try:
             done = subprocess.run(
                 argv,
@@ -222,7 +264,8 @@ class EtcdCluster:
 
     def _healthy(self, index: int) -> bool:
         try:
-            reply = http_json(f"{self.client_url(index)}/health", timeout_s=1.0)
+            url = f"{self.client_url(index)}/health"
+            reply = http_json(url, timeout_s=1.0, context=self._context)
         except (OSError, ValueError):
             return False
         return bool(reply.get("health") == "true")
@@ -248,7 +291,8 @@ class EtcdCluster:
                 if self.member_pid(index) is None:
                     continue
                 try:
-                    status = http_json(f"{self.client_url(index)}/v3/maintenance/status", {})
+                    url = f"{self.client_url(index)}/v3/maintenance/status"
+                    status = http_json(url, {}, context=self._context)
                     found[index] = (
                         str(status["header"]["member_id"]),
                         str(status.get("leader", "0")),

@@ -34,13 +34,12 @@ from chaos.topology import launchers, procs
 from chaos.topology.base import NodeHandle, Support, TopologyError
 from chaos.topology.etcd import EtcdCluster
 from chaos.topology.etcd_members import Placement, ProcessPlacement, die_with_parent
-from chaos.topology.launcher_args import without_extensions
+from chaos.topology.launcher_args import split_rdzv_conf, torch_etcd_v2_conf, without_extensions
 from chaos.topology.store_links import StoreLink, StoreLinks, linked_nodes
 from chaos.topology.view import JobView
 from launcher.events import RDZV_ROUND_COMPLETE, WORKER_STARTED
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_RDZV_CONF_FLAGS = ("--rdzv-conf", "--rdzv_conf")
 # Inherited values of these would confuse the launcher or the workload.
 _DROPPED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")
 
@@ -64,26 +63,6 @@ def unique_run_id(name: str) -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[:24] or "run"
     return f"chaos-{slug}-{worker}-{uuid.uuid4().hex[:8]}"
-
-
-def split_rdzv_conf(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    """Pulls every --rdzv-conf out of `args` (so the harness can add keys to one merged flag)."""
-    rest: list[str] = []
-    conf: dict[str, str] = {}
-    items = iter(args)
-    for arg in items:
-        value: str | None = None
-        if arg in _RDZV_CONF_FLAGS:
-            value = next(items, "")
-        elif arg.startswith(tuple(f"{flag}=" for flag in _RDZV_CONF_FLAGS)):
-            value = arg.split("=", 1)[1]
-        if value is None:
-            rest.append(arg)
-            continue
-        for pair in filter(None, value.split(",")):
-            key, _, val = pair.partition("=")
-            conf[key.strip()] = val.strip()
-    return rest, conf
 
 
 class C10dStore:
@@ -157,6 +136,7 @@ class LocalTopology:
             log_dir=self.run_dir / "etcd",
             enable_v2=self.launcher == "torchrun",  # torch's etcd-v2 backend speaks only v2
             placement=placement,
+            tls=self.scenario.topology.rdzv_tls,  # certificates in RUN_DIR/etcd/tls
         )
 
     def _stop_store(self) -> None:
@@ -186,8 +166,10 @@ class LocalTopology:
             # does, and the agent that binds first hosts: name the host, so node 0 hosts the
             # store whatever the start order (store_host_loss kills node 0 to kill it).
             conf.setdefault("is_host", "1" if index == 0 else "0")
+        if isinstance(self._store, EtcdCluster) and self._store.tls is not None:
+            conf.update(self._store.tls.rdzv_conf())
         if self.launcher == "torchrun" and backend == "etcd":
-            backend = "etcd-v2"
+            backend, conf = "etcd-v2", torch_etcd_v2_conf(conf)
         if topo.rdzv_secret and self.launcher == "launcher":  # only ours signs its values
             conf["secret_file"] = str(self._secret_file())
         node_dir = self.run_dir / "nodes" / str(index)

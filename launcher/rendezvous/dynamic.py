@@ -21,7 +21,11 @@ from typing import TypeVar
 
 from launcher import events as ev
 from launcher.config import LaunchConfig
-from launcher.errors import RendezvousConnectionError, RendezvousTimeoutError
+from launcher.errors import (
+    RendezvousAccessError,
+    RendezvousConnectionError,
+    RendezvousTimeoutError,
+)
 from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore
 from launcher.rendezvous.addresses import log_plan, plan_binding
 from launcher.rendezvous.backends import open_store
@@ -130,6 +134,7 @@ class DynamicRendezvous(SideChannel):
         self._lock = threading.Lock()
         self._watch: WatchState | None = None
         self._news: str | None = None
+        self._refused: RendezvousAccessError | None = None  # the heartbeat's, for check()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop = threading.Event()
         # Started after the first successful join: before that there is nothing to watch,
@@ -235,6 +240,8 @@ class DynamicRendezvous(SideChannel):
             news, assignment = self._news, self.assignment
         if news == "store_unreachable":
             raise self._health.give_up()  # the heartbeat thread saw the window end
+        if news == "store_refused" and self._refused is not None:
+            raise self._refused  # e.g. a certificate that expired while the job ran
         if news == "declared_dead":
             # Peers gave up on this incarnation (a long pause); come back as a new one.
             self.node_id = self._new_id()
@@ -379,6 +386,8 @@ class DynamicRendezvous(SideChannel):
                 watch, me = self._watch, self.node_id
             try:
                 news = driver.run(heartbeat(self.params, me, watch, now=time.monotonic()))
+            except RendezvousAccessError as err:
+                self._refused, news = err, "store_refused"  # no retry fixes it: tell the agent
             except (RendezvousConnectionError, RuntimeError, OSError, ValueError) as err:
                 if not isinstance(err, RendezvousConnectionError):
                     err = RendezvousConnectionError(first_line(err))

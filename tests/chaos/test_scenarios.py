@@ -46,6 +46,9 @@ CI_BACKENDS = {
     "store_resets": ("local", "docker"),
     "store_blackhole": ("local", "netns"),
     "slow_link_bandwidth": ("netns",),  # tc in the node's namespace: docker's eth0 the same
+    # TLS changes only how the agents reach etcd, the same on every backend (certificates in
+    # the run directory, which members and nodes all see at its own path).
+    "etcd_tls": ("local",),
 }
 
 

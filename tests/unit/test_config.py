@@ -41,7 +41,7 @@ def test_rdzv_conf_typed() -> None:
     assert (opts.join_timeout_s, opts.last_call_timeout_s) == (5.0, 0.5)
     assert opts.is_host is True and opts.keep_alive_max_attempt == 2
     assert parse_rdzv_conf("").join_timeout_s == 600.0
-    assert parse_rdzv_conf("protocol=https").extra == {"protocol": "https"}
+    assert parse_rdzv_conf("protocol=https").etcd.protocol == "https"
 
 
 def test_std_spec() -> None:

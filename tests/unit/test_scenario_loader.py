@@ -193,6 +193,8 @@ RULES = [
     (N + "topology: {nnodes: two} #<", "topology.nnodes", "MIN:MAX like '2:3'"),
     (N + "topology: {etcd_members: 2, rdzv_backend: etcd} #<", "topology.etcd_members", "or 5"),
     (N + "topology: {etcd_members: 3} #<", "topology.etcd_members", "needs rdzv_backend: etcd"),
+    (N + "topology: {rdzv_tls: true} #<", "topology.rdzv_tls", "needs rdzv_backend: etcd"),
+    (N + "topology: {rdzv_backend: etcd, rdzv_tls: 1} #<", "topology.rdzv_tls", "true or false"),
     (N + "topology: {rdzv_backend: etc} #<", "topology.rdzv_backend", "did you mean 'etcd'"),
     (N + "topology: {backend: k8s} #<", "topology.backend", "local, netns, docker"),
     (N + "topology: {launcher_args: [-v, --nnodes=3]} #<", "topology.launcher_args[1]", "harness"),

@@ -3,7 +3,7 @@
 c10d     C10dStore: a TCPStore (torch's wire protocol, our own code), hosted by one agent
          (also the `static` backend's store)
 etcd     EtcdStore: a real etcd (>= 3.4) cluster through its v3 JSON gateway, with failover
-         across members (standard library only)
+         across members, TLS and user/password sign-in (standard library only)
 
 `open_store(config)` opens the configured one.
 """
@@ -48,16 +48,27 @@ def open_store(config: LaunchConfig, *, on_drop: OnDrop | None = None) -> Callab
         return c10d_factory
     if backend in ("etcd", "etcd-v2"):
         from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
+        from launcher.rendezvous.backends.etcd_transport import ClientTls, Credentials
 
         endpoints = parse_endpoints(config.rdzv_endpoint_text, default_port=2379)
-        protocol = opts.extra.get("protocol", "http")
+        etcd = opts.etcd
+        # Read once, here, at start: a bad file is a ConfigError before anything runs, and
+        # the agent's stores share one TLS context and one sign-in.
+        tls = None
+        if etcd.protocol == "https":
+            tls = ClientTls.load(cacert=etcd.cacert, cert=etcd.cert, key=etcd.key)
+        credentials = None
+        if etcd.username is not None and etcd.password_file is not None:
+            credentials = Credentials.from_file(etcd.username, etcd.password_file)
 
         def etcd_factory() -> Store:
             return EtcdStore(
                 endpoints,
-                prefix=opts.extra.get("etcd_prefix", "/launcher/"),
+                prefix=etcd.prefix,
                 timeout_s=opts.read_timeout_s,
-                protocol=protocol,
+                protocol=etcd.protocol,
+                tls=tls,
+                credentials=credentials,
             )
 
         return etcd_factory

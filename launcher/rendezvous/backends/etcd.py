@@ -11,7 +11,10 @@ values base64) with the standard library only:
 `compare_set` is one txn; `add` a loop of txns on `mod_revision` that also write a per-thread
 marker token, so a retried txn whose reply was lost never counts twice; `multi_get` and
 `multi_set` are one txn per `MAX_TXN_OPS` keys. Each request goes to the member that answered
-last and fails over to the others until `timeout_s`. Details: docs/etcd.md.
+last and fails over to the others until `timeout_s`, on connections kept alive per thread and
+member, with TLS and etcd's user/password authentication where configured (etcd_transport.py).
+What no retry can fix (a certificate, a password, a permission) raises RendezvousAccessError
+at once. Details: docs/etcd.md.
 """
 
 from __future__ import annotations
@@ -20,14 +23,24 @@ import base64
 import http.client
 import json
 import logging
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from launcher.errors import ConfigError, RendezvousConnectionError, RendezvousError
+from launcher.errors import (
+    ConfigError,
+    RendezvousAccessError,
+    RendezvousConnectionError,
+    RendezvousError,
+)
+from launcher.rendezvous.backends.etcd_transport import (
+    ClientTls,
+    Connections,
+    Credentials,
+    tls_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,8 @@ _BACKOFF_MAX_S = 1.0
 # gRPC codes worth trying on another member: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 # UNAVAILABLE (no leader, leader changed, request timed out, member stopping).
 _RETRY_CODES = frozenset({4, 8, 14})
+_PERMISSION_DENIED = 7
+_AUTHENTICATE = "/v3/auth/authenticate"
 
 Json = dict[str, Any]
 
@@ -100,6 +115,17 @@ def _chunks(ops: list[Json]) -> list[list[Json]]:
     return chunks
 
 
+def _message(reply: Json) -> str:
+    return _one_line(str(reply.get("message") or reply.get("error")))
+
+
+def _token_rejected(reply: Json) -> bool:
+    """etcd no longer takes the token: it expired (`--auth-token-ttl` of idleness), the member
+    restarted (simple tokens live in memory), or users and roles changed since it was issued."""
+    message = _message(reply)
+    return reply.get("code") == 16 or "invalid auth token" in message or "store is old" in message
+
+
 def _decode(data: bytes) -> Json:
     """A reply body as JSON; anything else (a proxy's error page) as {"message": text}."""
     try:
@@ -112,7 +138,7 @@ def _decode(data: bytes) -> Json:
 
 
 class EtcdStore:
-    """The Store protocol on etcd; thread-safe (one HTTP connection per request)."""
+    """The Store protocol on etcd; thread-safe (each thread keeps its own connections)."""
 
     def __init__(
         self,
@@ -121,18 +147,24 @@ class EtcdStore:
         prefix: str = "/launcher/",
         timeout_s: float = 60.0,
         protocol: str = "http",
+        tls: ClientTls | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if not endpoints:
             raise ConfigError("no etcd endpoint given", flag="--rdzv-endpoint")
         if protocol not in ("http", "https"):
             raise ConfigError(f"etcd protocol must be http or https, not {protocol!r}")
+        if tls is not None and protocol != "https":
+            raise ConfigError("TLS settings need protocol=https", flag="--rdzv-conf")
         if timeout_s <= 0:
             raise ConfigError(f"etcd timeout must be positive, not {timeout_s}")
         self.endpoints = tuple(endpoints)
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._protocol = protocol
-        self._ssl = ssl.create_default_context() if protocol == "https" else None
+        self._tls = tls if tls is not None or protocol == "http" else ClientTls.load()
+        self._credentials = credentials
+        self._connections = Connections(self.endpoints, self._tls)
         self._preferred = 0  # index of the member that answered last
         self._markers = f"_adds/{uuid.uuid4().hex}/"  # this client's add markers (keys)
         self._added = False
@@ -209,15 +241,18 @@ class EtcdStore:
             value, revision = _kv(responses[0]["response_range"])
 
     def close(self) -> None:
-        """Removes this client's add markers (best effort: a crashed client leaves them)."""
-        if not self._added:
-            return
-        start, end = self._key(self._markers), self._key(self._markers[:-1] + "0")  # "/" + 1
+        """Removes this client's add markers (best effort: a crashed client leaves them) and
+        closes its connections."""
         try:
-            self._request("/v3/kv/deleterange", {"key": start, "range_end": end}, timeout_s=5.0)
-        except RendezvousConnectionError as err:
+            if self._added:
+                start = self._key(self._markers)
+                end = self._key(self._markers[:-1] + "0")  # "/" + 1: the end of the prefix
+                self._request("/v3/kv/deleterange", {"key": start, "range_end": end}, timeout_s=5)
+                self._added = False
+        except RendezvousError as err:
             log.warning("etcd: could not remove add markers under %s: %s", self._markers, err)
-        self._added = False
+        finally:
+            self._connections.close()
 
     def _key(self, key: str) -> str:
         return _b64(self.prefix + key)
@@ -229,7 +264,9 @@ class EtcdStore:
         host, port = self.endpoints[index]
         return f"{self._protocol}://{f'[{host}]' if ':' in host else host}:{port}"
 
-    def _request(self, path: str, body: Json, *, timeout_s: float | None = None) -> Json:
+    def _request(
+        self, path: str, body: Json, *, timeout_s: float | None = None, signing_in: bool = False
+    ) -> Json:
         """POSTs to the preferred member, failing over to the others until one answers."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         payload = json.dumps(body).encode()
@@ -237,6 +274,7 @@ class EtcdStore:
         count = len(self.endpoints)
         while True:
             first = self._preferred
+            refused: list[str] = []  # members whose TLS handshake failed for good, this pass
             for index in [(first + offset) % count for offset in range(count)]:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -244,21 +282,26 @@ class EtcdStore:
                 url = self._url(index)
                 try:
                     timeouts = (min(remaining, _CONNECT_TIMEOUT_S), min(remaining, reply_timeout))
-                    status, data = self._post(index, path, payload, timeouts)
+                    status, reply = self._exchange(
+                        index, path, payload, timeouts, deadline=deadline, signing_in=signing_in
+                    )
                 except (OSError, http.client.HTTPException) as err:
                     last_error = f"{url}: {type(err).__name__}: {err}"
+                    refusal = tls_refusal(err, self._tls)
+                    if refusal is not None:
+                        refused.append(f"etcd at {url}: {refusal}")
                     continue
-                reply = _decode(data)
                 if status == 200:
                     self._preferred = index
                     return reply
-                message = str(reply.get("message") or reply.get("error"))
                 if status in (502, 503, 504) or reply.get("code") in _RETRY_CODES:
-                    last_error = f"{url}: HTTP {status}: {message}"
+                    last_error = f"{url}: HTTP {status}: {_message(reply)}"
                     continue
-                raise RendezvousError(
-                    _one_line(f"etcd at {url} rejected {path}: HTTP {status}: {message}"),
-                    endpoint=url,
+                raise self._rejected(url, path, status, reply, signing_in=signing_in)
+            if refused and len(refused) == count:
+                # Every member refused the handshake: a certificate, not an outage.
+                raise RendezvousAccessError(
+                    _one_line(refused[-1]), endpoint=", ".join(map(self._url, range(count)))
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -274,23 +317,86 @@ class EtcdStore:
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
             reply_timeout = min(reply_timeout * 2, _REPLY_TIMEOUT_MAX_S)
 
-    def _post(
-        self, index: int, path: str, payload: bytes, timeouts: tuple[float, float]
-    ) -> tuple[int, bytes]:
-        """One POST on a fresh connection; timeouts: (connect, reply) in seconds."""
-        host, port = self.endpoints[index]
-        conn: http.client.HTTPConnection
-        timeout, reply_timeout = timeouts
-        if self._ssl is not None:
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.connect()
-            conn.sock.settimeout(reply_timeout)
-            headers = {"Content-Type": "application/json"}
-            conn.request("POST", path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+    def _exchange(
+        self,
+        index: int,
+        path: str,
+        payload: bytes,
+        timeouts: tuple[float, float],
+        *,
+        deadline: float,
+        signing_in: bool,
+    ) -> tuple[int, Json]:
+        """One request to member `index`, with this client's token; a token etcd no longer
+        takes is replaced (signing in again) and the request sent once more."""
+        headers = {"Content-Type": "application/json"}
+        credentials = None if signing_in else self._credentials
+        if credentials is None:
+            status, data = self._connections.post(index, path, payload, headers, timeouts)
+            return status, _decode(data)
+        token = self._token(credentials, deadline)
+        headers["Authorization"] = token  # as it is: etcd refuses "Bearer <token>"
+        status, data = self._connections.post(index, path, payload, headers, timeouts)
+        reply = _decode(data)
+        if status == 200 or not _token_rejected(reply):
+            return status, reply
+        headers["Authorization"] = self._token(credentials, deadline, stale=token)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no time left to retry after signing in again")
+        timeouts = (min(timeouts[0], remaining), min(timeouts[1], remaining))
+        status, data = self._connections.post(index, path, payload, headers, timeouts)
+        return status, _decode(data)
+
+    def _token(self, credentials: Credentials, deadline: float, stale: str | None = None) -> str:
+        with credentials.lock:  # the other threads wait for the one signing in
+            if credentials.token is None or credentials.token == stale:
+                remaining = max(deadline - time.monotonic(), 0.001)
+                reply = self._request(
+                    _AUTHENTICATE, credentials.body(), timeout_s=remaining, signing_in=True
+                )
+                token = reply.get("token")
+                if not isinstance(token, str) or not token:
+                    who = credentials.username
+                    raise RendezvousError(f"etcd signed in {who!r} but gave no token")
+                credentials.token = token
+            return credentials.token
+
+    def _rejected(
+        self, url: str, path: str, status: int, reply: Json, *, signing_in: bool
+    ) -> RendezvousError:
+        """The error for a reply that no other member or later try would change."""
+        message, user = _message(reply), self._credentials
+        if signing_in and user is not None:
+            return RendezvousAccessError(
+                f"etcd at {url} refused user {user.username!r}: {message} "
+                "(check username= and password_file= in --rdzv-conf)",
+                endpoint=url,
+            )
+        if status == 400 and "CommonName" in message:
+            return RendezvousAccessError(
+                f"etcd at {url}: {message}: with auth on, etcd's JSON gateway refuses a client "
+                "certificate that has a CommonName; use one without (and username=)",
+                endpoint=url,
+            )
+        if reply.get("code") == _PERMISSION_DENIED:
+            who = f"user {user.username!r}" if user is not None else "a client without a user"
+            fix = "grant it readwrite" if user is not None else "pass username=, password_file="
+            return RendezvousAccessError(
+                f"etcd at {url} refused {who} on {path} under {self.prefix!r}: {message} ({fix})",
+                endpoint=url,
+            )
+        if user is not None and _token_rejected(reply):
+            return RendezvousAccessError(
+                f"etcd at {url} rejected the token it had just issued to {user.username!r}: "
+                f"{message}",
+                endpoint=url,
+            )
+        if "user name is empty" in message:
+            return RendezvousAccessError(
+                f"etcd at {url} requires a user: {message} (pass username=, password_file=)",
+                endpoint=url,
+            )
+        return RendezvousError(
+            _one_line(f"etcd at {url} rejected {path}: HTTP {status}: {message}"), endpoint=url
+        )
