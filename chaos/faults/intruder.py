@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from chaos.scenario.schema import Fault
 from launcher import events as ev
+from launcher.errors import RendezvousError
 from launcher.rendezvous.state import Keys, NodeInfo, round_of
 from launcher.rendezvous.state.signing import Seal, content
 from launcher.rendezvous.store import Store
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 OVERSIZE_BYTES = 4 * 1024 * 1024
 WRONG_SECRET = b"a secret that is not the job's"
-_TIMEOUT_S = 10.0
+_TIMEOUT_S = 3.0  # the harness waits for the fault: a refusal must not hold it long
 _ADDR = "127.0.0.254"  # the intruder's node, as its descriptor claims
 
 
@@ -146,11 +147,15 @@ def intruder(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
             store.set(key, _garbage(rng, 64))
             return {**did, "actions": list(fault.actions), "written": {"torchrun": [key]}}
         written: dict[str, list[str]] = {}
+        refused: dict[str, str] = {}  # what the store itself turned away (etcd's size limit)
         for action in fault.actions:
             writer = _Writer(store, run_id, fault.secret or "none")
-            _act(action, writer, Keys(run_id), ctx, rng)
+            try:
+                _act(action, writer, Keys(run_id), ctx, rng)
+            except RendezvousError as err:
+                refused[action] = str(err).splitlines()[0]
             written[action] = [k.removeprefix(Keys(run_id).prefix) for k in writer.written]
-        return {**did, "actions": list(fault.actions), "written": written}
+        return {**did, "actions": list(fault.actions), "written": written, "refused": refused}
     except Exception as err:
         return {**did, "error": f"the intruder's writes failed: {err}"}
     finally:

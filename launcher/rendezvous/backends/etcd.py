@@ -85,7 +85,9 @@ def parse_endpoints(text: str, default_port: int = 2379) -> list[tuple[str, int]
 
 
 def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode("ascii")
+    # surrogateescape: a value read back from bytes that are not UTF-8 (an intruder's) is
+    # written back as those very bytes (a compare-and-set against it must match).
+    return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode("ascii")
 
 
 def _one_line(text: str) -> str:
@@ -98,7 +100,8 @@ def _kv(response: Json) -> tuple[str | None, int]:
     if not kvs:
         return None, 0
     # The gateway leaves out fields holding the zero value: an empty value has no "value".
-    return base64.b64decode(kvs[0].get("value", "")).decode(), int(kvs[0]["mod_revision"])
+    raw = base64.b64decode(kvs[0].get("value", ""))
+    return raw.decode("utf-8", "surrogateescape"), int(kvs[0]["mod_revision"])
 
 
 def _chunks(ops: list[Json]) -> list[list[Json]]:
