@@ -1,9 +1,9 @@
 """The `intruder` fault: a process with access to the job's rendezvous store and no job
 secret (`secret: none`), or a wrong one (`secret: wrong`), that tries to take the job over.
 
-It speaks to the store from the harness, with the launcher's own clients (TCPStore for
-c10d, etcd's JSON gateway for etcd), and writes what a member would act on if it believed
-it. Each action, against the round running when the fault fires (n):
+It speaks to the store from the harness as an outside program would (torch's TCPStore client
+for c10d, etcd's JSON gateway for etcd: intruder_stores.py), and writes what a member would
+act on if it believed it. Each action, against the round running when the fault fires (n):
 
     join       takes a slot in round n+1 with a descriptor of its own (a node at 127.0.0.254)
                and bumps the job to n+1 for a scale-up, expecting one more node
@@ -27,12 +27,16 @@ import json
 import random
 from typing import TYPE_CHECKING, Any
 
+from chaos.faults.intruder_stores import (
+    EtcdGateway,
+    IntruderStore,
+    IntruderStoreError,
+    TorchTCPStore,
+)
 from chaos.scenario.schema import Fault
 from launcher import events as ev
-from launcher.errors import RendezvousError
 from launcher.rendezvous.state import Keys, NodeInfo, round_of
 from launcher.rendezvous.state.signing import Seal, content
-from launcher.rendezvous.store import Store
 
 if TYPE_CHECKING:
     from chaos.faults import FaultContext
@@ -43,18 +47,12 @@ _TIMEOUT_S = 3.0  # the harness waits for the fault: a refusal must not hold it 
 _ADDR = "127.0.0.254"  # the intruder's node, as its descriptor claims
 
 
-def _open(ctx: FaultContext) -> Store:
+def _open(ctx: FaultContext) -> IntruderStore:
     store = ctx.topology.store
     if store.kind == "etcd":
-        from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
-
-        return EtcdStore(parse_endpoints(store.endpoint), timeout_s=_TIMEOUT_S)
-    from launcher.rendezvous.backends.c10d import C10dStore
-    from launcher.tcpstore.client import StoreClient
-
+        return EtcdGateway(store.endpoint, _TIMEOUT_S)
     host, _, port = store.endpoint.rpartition(":")
-    client = StoreClient(host, int(port), timeout_s=_TIMEOUT_S)
-    return C10dStore(client, endpoint=store.endpoint)
+    return TorchTCPStore(host, int(port), _TIMEOUT_S)
 
 
 def _members(ctx: FaultContext) -> list[str]:
@@ -71,7 +69,7 @@ def _members(ctx: FaultContext) -> list[str]:
 class _Writer:
     """Writes values as the intruder does: bare, or sealed with the wrong secret."""
 
-    def __init__(self, store: Store, run_id: str, secret: str) -> None:
+    def __init__(self, store: IntruderStore, run_id: str, secret: str) -> None:
         self.store = store
         self.seal = Seal(WRONG_SECRET, run_id) if secret == "wrong" else None
         self.written: list[str] = []
@@ -152,7 +150,7 @@ def intruder(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
             writer = _Writer(store, run_id, fault.secret or "none")
             try:
                 _act(action, writer, Keys(run_id), ctx, rng)
-            except RendezvousError as err:
+            except IntruderStoreError as err:
                 refused[action] = str(err).splitlines()[0]
             written[action] = [k.removeprefix(Keys(run_id).prefix) for k in writer.written]
         return {**did, "actions": list(fault.actions), "written": written, "refused": refused}
