@@ -95,7 +95,9 @@ def main() -> int:
             + ", ".join(
                 f"{p.nodes}: {p.reform_s:.2f} s" if p.reform_s else f"{p.nodes}: -" for p in points
             )
-            + f" (bound {points[0].result.reform_bound_s:.1f} s)",
+            + f" (bound {points[0].result.reform_bound_s:.1f} s at N={points[0].nodes}, "
+            f"{points[-1].result.reform_bound_s:.1f} s at N={points[-1].nodes}: a big job's "
+            "members check the round less often)",
         )
     )
     bad = [p.nodes for p in points if not p.result.ok]

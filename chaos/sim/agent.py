@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from launcher.rendezvous.state import (
+    ALIVE_BEATERS,
     FAILED,
     Assignment,
     Excluded,
@@ -35,6 +36,7 @@ from launcher.rendezvous.state import (
     RendezvousTimeout,
     Sleep,
     WatchState,
+    check_interval_s,
     check_round,
     conclude,
     declared_dead,
@@ -115,6 +117,7 @@ class VirtualAgent:
         self.cut_until = 0.0  # partitioned from the store until then
         self.outage = Outage(window_s=sim.cfg.store_outage_timeout_s)  # both threads share it
         self.retry_at = 0.0  # a failed check waits until then
+        self.next_check = 0.0  # a big job's members check less often (check_interval_s)
         self.reached = False  # any op answered: a store never reached is no outage to ride out
         self.info: NodeInfo | None = None
         # One seal per agent process, shared by its threads and kept across its identities
@@ -170,7 +173,9 @@ class VirtualAgent:
                     group_world_size=result.group_world_size,
                     watched=result.watch,
                     last_change=sim.now,
+                    beats_alive=result.group_rank < ALIVE_BEATERS,
                 )
+                self.next_check = 0.0
                 self.news = None
                 self.state = RUNNING
                 assert self.info is not None
@@ -266,8 +271,10 @@ class VirtualAgent:
                 self.node_id = self._new_id()
                 self.assignment = None
                 return False
-            if self.assignment is None or sim.now < self.retry_at:
+            if self.assignment is None or sim.now < max(self.retry_at, self.next_check):
                 continue
+            every = check_interval_s(sim.cfg.monitor_interval_s, self.assignment.group_world_size)
+            self.next_check = sim.now + every
             try:
                 reason = yield from check_round(p, self.assignment.round)
             except StoreFailure as err:

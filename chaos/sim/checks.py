@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chaos.sim.config import SimConfig
-from launcher.rendezvous.state import Assignment, NodeInfo
+from launcher.rendezvous.state import Assignment, NodeInfo, check_interval_s
 
 if TYPE_CHECKING:
     from chaos.sim.agent import VirtualAgent
@@ -53,16 +53,18 @@ def liveness_bound_s(cfg: SimConfig) -> float:
     join, poll.
     """
     detect = cfg.keep_alive_interval_s * (cfg.keep_alive_max_attempt + 1)
-    step = cfg.monitor_interval_s + cfg.worker_stop_s + 1.0
+    step = check_interval_s(cfg.monitor_interval_s, cfg.max_nodes) + cfg.worker_stop_s + 1.0
     return 2 * cfg.last_call_timeout_s + cfg.assign_timeout_s + detect + 4 * step
 
 
 def reform_bound_s(cfg: SimConfig) -> float:
     """One crash, nothing else: its watcher notices within keep_alive_max_attempt + 1
-    beats, the survivors notice the new round within a monitor interval, stop their
-    workers and re-form at once (the expected count is known: no last-call wait)."""
+    beats, the survivors notice the new round within one round check (a monitor interval,
+    longer in a big job: check_interval_s), stop their workers and re-form at once (the
+    expected count is known: no last-call wait)."""
     detect = cfg.keep_alive_interval_s * (cfg.keep_alive_max_attempt + 1)
-    return detect + cfg.monitor_interval_s + cfg.worker_stop_s + 1.0
+    check = check_interval_s(cfg.monitor_interval_s, cfg.max_nodes)
+    return detect + check + cfg.worker_stop_s + 1.0
 
 
 @dataclass

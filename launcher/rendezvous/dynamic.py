@@ -34,6 +34,7 @@ from launcher.rendezvous.health import RejectReport, StoreHealth, drop_events
 from launcher.rendezvous.local import bind_listeners
 from launcher.rendezvous.side_channel import SideChannel
 from launcher.rendezvous.state import (
+    ALIVE_BEATERS,
     FAILED,
     Assignment,
     Excluded,
@@ -45,6 +46,7 @@ from launcher.rendezvous.state import (
     Params,
     RendezvousTimeout,
     WatchState,
+    check_interval_s,
     check_round,
     conclude,
     declared_dead,
@@ -128,6 +130,7 @@ class DynamicRendezvous(SideChannel):
             endpoint=config.rdzv_endpoint,
         )
         self._retry_at = 0.0  # check() backs off until then after a failed check
+        self._next_check = 0.0  # ... and in a big job checks less often (check_interval_s)
         self._hb_store = factory()
         self.assignment: Assignment | None = None
         self._server: WorkersStore | None = None
@@ -207,7 +210,9 @@ class DynamicRendezvous(SideChannel):
                 group_world_size=result.group_world_size,
                 watched=result.watch,
                 last_change=time.monotonic(),
+                beats_alive=result.group_rank < ALIVE_BEATERS,
             )
+            self._next_check = 0.0
             self._news = None
         if not self._hb_thread.is_alive() and not self._stop.is_set():
             self._hb_thread.start()
@@ -247,8 +252,11 @@ class DynamicRendezvous(SideChannel):
             self.node_id = self._new_id()
             self.assignment = None
             return news
-        if assignment is None or self._driver.now() < self._retry_at:
+        now = self._driver.now()
+        if assignment is None or now < max(self._retry_at, self._next_check):
             return None
+        every = check_interval_s(self._config.monitor_interval_s, assignment.group_world_size)
+        self._next_check = now + every
         try:
             reason = self._driver.run(check_round(self.params, assignment.round))
         except RendezvousConnectionError as err:

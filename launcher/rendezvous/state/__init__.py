@@ -32,7 +32,9 @@ from launcher.rendezvous.state.model import (
 from launcher.rendezvous.state.outage import DEFAULT_WINDOW_S, Outage, backoff_s
 from launcher.rendezvous.state.protocol import join
 from launcher.rendezvous.state.running import (
+    ALIVE_BEATERS,
     WatchState,
+    check_interval_s,
     check_round,
     collect_window,
     conclude,
@@ -50,6 +52,7 @@ from launcher.rendezvous.state.running import (
 )
 
 __all__ = [
+    "ALIVE_BEATERS",
     "DEFAULT_WINDOW_S",
     "EXCLUDED",
     "FAILED",
@@ -75,6 +78,7 @@ __all__ = [
     "WatchState",
     "backoff_s",
     "bump",
+    "check_interval_s",
     "check_round",
     "collect_window",
     "conclude",

@@ -34,6 +34,22 @@ from launcher.rendezvous.state.protocol import _HOST_GRACE_S, _dead_after_s
 LEFT = "left"
 # A gap of more than two beats between a watcher's own reads means it was stalled.
 _STALLED_AFTER_BEATS = 2
+# Running members check the round every monitor interval up to this many nodes; past it
+# each checks less often (at most every _MAX_CHECK_S), so a running job's checks cost the
+# store about the same at any N (at 100 nodes a check every 0.5 s: 200 reads a second, not
+# 1,000), and a bump is seen within N/20 monitor intervals.
+_FULL_RATE_CHECKERS = 20
+_MAX_CHECK_S = 1.0
+# Members of group rank below this bump the round's `alive` counter with their beats: the
+# spares only need to know that *some* member is alive, and every bump is a store write.
+ALIVE_BEATERS = 2
+
+
+def check_interval_s(monitor_s: float, nodes: int) -> float:
+    """How often each of `nodes` running members checks the round. Pure."""
+    if nodes <= _FULL_RATE_CHECKERS:
+        return monitor_s
+    return max(monitor_s, min(monitor_s * nodes / _FULL_RATE_CHECKERS, _MAX_CHECK_S))
 
 
 def check_round(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:
@@ -191,6 +207,7 @@ class WatchState:
     last_change: float = 0.0
     last_seen: float = 0.0  # when this watcher last read the watched counter
     quiet_looks: int = 0  # looks since the counter last changed
+    beats_alive: bool = True  # this member bumps the round's `alive` (see ALIVE_BEATERS)
 
 
 def heartbeat(
@@ -205,7 +222,7 @@ def heartbeat(
     started = now
     # Any new value is a beat: this node's own clock will do (only it writes the key).
     yield Set(k.hb(me), repr(started))
-    if watch is not None:
+    if watch is not None and watch.beats_alive:
         yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
     mine, now = yield Get(k.dead(me))
     if mine is not None:
