@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from launcher.errors import RendezvousConnectionError
+from launcher.errors import RendezvousConnectionError, RendezvousError
 from launcher.rendezvous.state import (
     Add,
     CompareSet,
@@ -91,9 +91,24 @@ class Driver:
                             f"store operation failed{' at ' + where if where else ''}: "
                             f"{first_line(err)}"
                         ) from err
-                op = gen.send((reply, self._clock()))
+                op = self._step(gen, reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _step(self, gen: Generator[Op, Feedback, T], reply: Any) -> Op:
+        """The protocol's next op. A value it cannot parse was not written by an agent of
+        this job (without a job secret nothing keeps other writers out): one line, not a
+        traceback from deep in the protocol."""
+        try:
+            return gen.send((reply, self._clock()))
+        except (ValueError, KeyError, TypeError) as err:
+            where = getattr(self.store, "endpoint", "") or "the rendezvous store"
+            raise RendezvousError(
+                f"the store at {where} holds a value no agent of this job wrote "
+                f"({type(err).__name__}: {first_line(err)[:80]}); another program writes to "
+                "it: give the job its own store or endpoint, and a secret "
+                "(--rdzv-conf secret_file=PATH), which makes agents ignore such values"
+            ) from err
 
     def sleep(self, seconds: float) -> None:
         """Sleeps; raises Interrupted at once if the interrupt fd becomes readable."""

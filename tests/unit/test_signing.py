@@ -146,3 +146,13 @@ def test_a_bad_secret_file_is_one_line_naming_it(
     with pytest.raises(ConfigError, match=match) as err:
         read_secret(str(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_without_a_secret_an_unreadable_value_is_one_line_naming_the_fix() -> None:
+    from launcher.errors import RendezvousError
+
+    store = MemoryStore()
+    store.set(K.round, "\udcff\udcfe not a round")
+    with pytest.raises(RendezvousError, match="no agent of this job wrote") as err:
+        Driver(store).run(check_round(P, 0))
+    assert "secret_file" in str(err.value) and "\n" not in str(err.value)
