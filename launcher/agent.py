@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from launcher import announce
 from launcher import events as ev
@@ -146,26 +146,17 @@ class Agent:
         try:
             result = self._loop()
         except LauncherError as err:
-            self._close()
-            self.events.emit(
-                ev.AGENT_EXIT, outcome="error", exit_code=err.exit_code, reason=str(err)
-            )
-            self.events.close()
-            self.guardian.close()
+            self._close(outcome="error", exit_code=err.exit_code, reason=str(err))
             raise
         except BaseException:
             self._close()
             raise
-        self._close()
-        self.events.emit(
-            ev.AGENT_EXIT,
+        self._close(
             outcome=result.outcome,
             exit_code=result.exit_code,
             restarts=result.restarts,
             root_cause=failure_fields(root_cause(result.failures)) if result.failures else None,
         )
-        self.events.close()
-        self.guardian.close()
         return result
 
     # -- the loop --------------------------------------------------------------------------
@@ -398,7 +389,9 @@ class Agent:
         self.events.emit(ev.GROUP_STOPPED, reason=f"signal {name}")
         return AgentResult(outcome=SIGNALED, exit_code=128 + signum, restarts=self.restart_count)
 
-    def _close(self) -> None:
+    def _close(self, **exit_fields: Any) -> None:
+        """Stops everything; with `exit_fields`, logs `agent.exit` and closes the event log
+        and the guardian (an unexpected exception leaves them to the interpreter's exit)."""
         # Also after success: what the workers started and left running is stopped.
         self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
         self.group.close()
@@ -407,3 +400,7 @@ class Agent:
         self.pump.stop()
         if self._rendezvous is not None:
             self._rendezvous.shutdown()
+        if exit_fields:
+            self.events.emit(ev.AGENT_EXIT, **exit_fields)
+            self.events.close()
+            self.guardian.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from launcher.errors import ConfigError
+from launcher.rendezvous.state.signing import Seal
 
 SECRET_FILE_ENV = "LAUNCHER_RDZV_SECRET_FILE"
 MIN_SECRET_BYTES = 16
@@ -55,3 +56,12 @@ def read_secret(path: str) -> bytes:
             fix=f"chmod 600 {path}",
         )
     return secret
+
+
+def job_seal(
+    secret_path: str | None, run_id: str, *, on_reject: Callable[[str], None]
+) -> Seal | None:
+    """The seal of a job with a secret (None without one): what signs and checks its values."""
+    if secret_path is None:
+        return None
+    return Seal(read_secret(secret_path), run_id, on_reject=on_reject)

@@ -23,7 +23,13 @@ from chaos.scenario.schema import (
     SLOW_MODES,
     Fault,
 )
-from chaos.scenario.trigger_rules import TRIGGER_HELP, TRIGGER_KEYS, Context, build_trigger
+from chaos.scenario.trigger_rules import (
+    TRIGGER_HELP,
+    TRIGGER_KEYS,
+    Context,
+    build_trigger,
+    step_range,
+)
 
 RANDOM = "random"  # `rank: random`, `node: random`, `local_rank: random`: drawn by the schedule
 DRAWN_ORDER = ("rank", "node", "local_rank")
@@ -271,37 +277,11 @@ def _slow_worker(f: Fields, ctx: Context, out: _Targets) -> None:
         if key in f and mode not in modes:
             f.error(key, f"{key} is for slow_worker mode {' or '.join(modes)}, not {mode}")
     if (steps_v := f.get("steps")) is not None:
-        out["steps"] = _steps(steps_v, ctx)
+        out["steps"] = step_range(steps_v, ctx)
     if (duration_v := f.get("duration_s")) is not None:
         out["duration_s"] = _duration(duration_v, ctx)
     if (period_v := f.get("period_s")) is not None:
         out["period_s"] = period_v.number(low=0.01, high=60.0)
-
-
-def _steps(value: Value, ctx: Context) -> tuple[int, int]:
-    """`[a, b]`, `"a..b"` or `{min: a, max: b}`: workload steps, 1 <= a <= b <= steps."""
-    steps = ctx.workload.steps
-    expected = f"a range of steps like [5, 20], '5..20' or {{min: 5, max: 20}} within 1..{steps}"
-    node = value.node
-    if node.kind == "seq":
-        items = value.items()
-        if len(items) != 2:
-            value.fail(expected)
-        low, high = (item.integer(low=1, high=steps, what="a step") for item in items)
-    elif node.kind == "map":
-        f = value.fields(("min", "max"), what=expected)
-        low = f.need("min", "a step").integer(low=1, high=steps, what="a step")
-        high = f.need("max", "a step").integer(low=1, high=steps, what="a step")
-    else:
-        parts = value.text(what=expected).split("..")
-        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-            value.fail(expected)
-        low, high = (int(part) for part in parts)
-        if not 1 <= low <= steps or not 1 <= high <= steps:
-            value.fail(expected)
-    if low > high:
-        value.error(f"expected low <= high, got {low}..{high}")
-    return (low, high)
 
 
 def _partition(f: Fields, ctx: Context, out: _Targets, drawn: list[str]) -> None:

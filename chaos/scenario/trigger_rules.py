@@ -129,3 +129,29 @@ def _window(value: Value, ctx: Context) -> tuple[float, float]:
             f"expected a window ending before timeout_s ({ctx.timeout_s:g}), got {low:g}..{high:g}"
         )
     return (low, high)
+
+
+def step_range(value: Value, ctx: Context) -> tuple[int, int]:
+    """`[a, b]`, `"a..b"` or `{min: a, max: b}`: workload steps, 1 <= a <= b <= steps."""
+    steps = ctx.workload.steps
+    expected = f"a range of steps like [5, 20], '5..20' or {{min: 5, max: 20}} within 1..{steps}"
+    node = value.node
+    if node.kind == "seq":
+        items = value.items()
+        if len(items) != 2:
+            value.fail(expected)
+        low, high = (item.integer(low=1, high=steps, what="a step") for item in items)
+    elif node.kind == "map":
+        f = value.fields(("min", "max"), what=expected)
+        low = f.need("min", "a step").integer(low=1, high=steps, what="a step")
+        high = f.need("max", "a step").integer(low=1, high=steps, what="a step")
+    else:
+        parts = value.text(what=expected).split("..")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            value.fail(expected)
+        low, high = (int(part) for part in parts)
+        if not 1 <= low <= steps or not 1 <= high <= steps:
+            value.fail(expected)
+    if low > high:
+        value.error(f"expected low <= high, got {low}..{high}")
+    return (low, high)

@@ -57,9 +57,8 @@ from launcher.rendezvous.state import (
     report_failure,
     retire,
 )
-from launcher.rendezvous.state.signing import Seal
 from launcher.rendezvous.store import Store
-from launcher.secret import read_secret
+from launcher.secret import job_seal
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +113,8 @@ class DynamicRendezvous(SideChannel):
         factory = open_store(config, on_drop=drop_events(sink, store="rendezvous"))
         self._store = factory()
         self._hosting = bool(getattr(self._store, "hosting", False))
-        self._rejects = RejectReport(
-            events or ev.NullEventSink(), prefix=Keys(config.run_id).prefix
-        )
-        self._seal = (
-            Seal(read_secret(opts.secret_file), config.run_id, on_reject=self._rejects.rejected)
-            if opts.secret_file
-            else None
-        )
+        rejects = RejectReport(sink, prefix=Keys(config.run_id).prefix)
+        self._seal = job_seal(opts.secret_file, config.run_id, on_reject=rejects.rejected)
         self._driver = self._new_driver(self._store, interrupt_fd=interrupt_fd)
         self._health = StoreHealth(
             window_s=opts.store_outage_timeout_s,

@@ -16,7 +16,8 @@ import pytest
 
 from chaos.topology.etcd import EtcdCluster, free_ports, http_json
 from launcher.errors import ConfigError, RendezvousConnectionError, RendezvousError
-from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
+from launcher.rendezvous.backends.etcd import EtcdStore
+from launcher.rendezvous.backends.etcd_wire import parse_endpoints
 from launcher.rendezvous.driver import Driver
 from launcher.rendezvous.state import Assignment, JobOver, NodeInfo, Params, join
 

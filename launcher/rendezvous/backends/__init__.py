@@ -47,8 +47,9 @@ def open_store(config: LaunchConfig, *, on_drop: OnDrop | None = None) -> Callab
 
         return c10d_factory
     if backend in ("etcd", "etcd-v2"):
-        from launcher.rendezvous.backends.etcd import EtcdStore, parse_endpoints
+        from launcher.rendezvous.backends.etcd import EtcdStore
         from launcher.rendezvous.backends.etcd_transport import ClientTls, Credentials
+        from launcher.rendezvous.backends.etcd_wire import parse_endpoints
 
         endpoints = parse_endpoints(config.rdzv_endpoint_text, default_port=2379)
         etcd = opts.etcd
