@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,14 +26,10 @@ from launcher import announce
 from launcher import events as ev
 from launcher.config import LaunchConfig
 from launcher.errors import LauncherError
-from launcher.failures.error_file import write_parent_error_file
 from launcher.failures.report import (
     WorkerFailure,
     brief,
-    cause_note,
-    exit_code_for,
     failure_fields,
-    format_summary,
     observe_failure,
     only_symptoms,
     root_cause,
@@ -354,27 +349,15 @@ class Agent:
     # -- endings ---------------------------------------------------------------------------
     def _failed(self, failures: tuple[WorkerFailure, ...], *, remote_detail: str) -> AgentResult:
         self.group.wait_output()
-        if not failures:
-            # The failure happened on another node; its agent prints the full summary.
-            print(
-                f"launcher: error: the job failed, restart budget ({self.config.max_restarts}) "
-                f"spent; last failure: {remote_detail or 'unknown'}",
-                file=sys.stderr,
-            )
-            return AgentResult(outcome=FAILED, exit_code=1, restarts=self.restart_count)
-        cause = root_cause(failures)
-        sys.stderr.write(format_summary(self.config.entrypoint.name, failures) + "\n")
-        note = cause_note(failures, remote_detail=remote_detail)
-        sys.stderr.write(f"{note}\n" if note else "")
-        sys.stderr.flush()
-        parent_file = self._agent_env.get("TORCHELASTIC_ERROR_FILE")
-        if parent_file and cause.record is not None:
-            write_parent_error_file(cause.record, Path(parent_file), cause.exitcode)
+        code = announce.job_failed(
+            failures,
+            entrypoint=self.config.entrypoint.name,
+            max_restarts=self.config.max_restarts,
+            remote_detail=remote_detail,
+            parent_error_file=self._agent_env.get("TORCHELASTIC_ERROR_FILE"),
+        )
         return AgentResult(
-            outcome=FAILED,
-            exit_code=exit_code_for(cause),
-            restarts=self.restart_count,
-            failures=failures,
+            outcome=FAILED, exit_code=code, restarts=self.restart_count, failures=failures
         )
 
     def _signaled(self, signum: int) -> AgentResult:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from launcher import events as ev
-from launcher.failures.report import WorkerFailure, failure_fields, root_cause, signal_name
+from launcher.failures.error_file import write_parent_error_file
+from launcher.failures.report import (
+    WorkerFailure,
+    cause_note,
+    exit_code_for,
+    failure_fields,
+    format_summary,
+    root_cause,
+    signal_name,
+)
 from launcher.rendezvous import RoundInfo
 from launcher.workers.group import Worker
 
@@ -98,3 +108,31 @@ def group_failed(
         failures=[failure_fields(f) for f in failures],
         root_cause=failure_fields(root_cause(failures)),
     )
+
+
+def job_failed(
+    failures: tuple[WorkerFailure, ...],
+    *,
+    entrypoint: str,
+    max_restarts: int,
+    remote_detail: str,
+    parent_error_file: str | None,
+) -> int:
+    """The end of a job whose restart budget is spent: torchrun's failure summary on stderr
+    (or, for a failure on another node, one line: its agent prints the summary), the root
+    cause in the parent's error file when one is asked for; returns the agent's exit code."""
+    if not failures:
+        print(
+            f"launcher: error: the job failed, restart budget ({max_restarts}) spent; last "
+            f"failure: {remote_detail or 'unknown'}",
+            file=sys.stderr,
+        )
+        return 1
+    cause = root_cause(failures)
+    sys.stderr.write(format_summary(entrypoint, failures) + "\n")
+    note = cause_note(failures, remote_detail=remote_detail)
+    sys.stderr.write(f"{note}\n" if note else "")
+    sys.stderr.flush()
+    if parent_error_file and cause.record is not None:
+        write_parent_error_file(cause.record, Path(parent_error_file), cause.exitcode)
+    return exit_code_for(cause)

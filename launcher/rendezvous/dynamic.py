@@ -344,18 +344,9 @@ class DynamicRendezvous(SideChannel):
             return result
 
     def _back_off(self, err: RendezvousConnectionError) -> None:
-        """Waits before the next try (a signal ends the wait: Interrupted), or raises the
-        give-up error once the store has been unreachable for the whole window."""
-        if self._driver.answered > 0:
-            self._health.reached = True
-        if not self._health.reached:
-            raise err  # never reached at all: a wrong endpoint or a store not up, not an outage
-        delay = self._health.failed(err)
-        if delay is None:
-            if self._health.window_s <= 0:
-                raise err  # store_outage_timeout=0: the first failure, as it was
-            raise self._health.give_up() from err
-        self._driver.sleep(delay)
+        """Waits before the next try (a signal ends the wait: Interrupted), or raises."""
+        answered = self._driver.answered > 0
+        self._health.back_off(err, answered=answered, sleep=self._driver.sleep)
 
     def _retire_identity(self) -> None:
         """After a join that failed half-way: this id may hold a slot, so join again under

@@ -82,6 +82,22 @@ class StoreHealth:
         if lasted is not None:
             log.warning("the rendezvous store answers again after %.1f s", lasted)
 
+    def back_off(
+        self, err: RendezvousConnectionError, *, answered: bool, sleep: Callable[[float], None]
+    ) -> None:
+        """After a failed protocol step (`answered`: some of its operations were): waits
+        before the next try, or raises once the store has been unreachable for the window."""
+        if answered:
+            self.reached = True
+        if not self.reached:
+            raise err  # never reached at all: a wrong endpoint or a store not up, not an outage
+        delay = self.failed(err)
+        if delay is None:
+            if self.window_s <= 0:
+                raise err  # store_outage_timeout=0: the first failure, as it was
+            raise self.give_up() from err
+        sleep(delay)
+
     def give_up(self) -> RendezvousConnectionError:
         """The one-line error an agent exits with once the window is over."""
         with self._lock:
