@@ -20,6 +20,7 @@ The rank is resolved when the fault fires (resolve.py), like kill_worker's. Two 
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import uuid
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from chaos.faults import FaultContext
 
 DEFAULT_PERIOD_S = 1.0  # slow_worker sigstop: one stop + run cycle
+DUTY_JITTER = 0.4  # each cycle's length varies within +-40% of period_s (see DutyCycle)
 CPU_PERIOD_US = 100_000  # slow_worker cpu_quota: the CFS period
 MIN_QUOTA_US = 1_000  # the kernel's floor for a CFS quota
 _JOIN_S = 5.0
@@ -92,12 +94,28 @@ def release_worker(fault: Fault, ctx: FaultContext, did: dict[str, Any]) -> dict
 
 class DutyCycle:
     """Stops a process for `stop_s`, lets it run for `run_s`, again, until `stop()`; it ends
-    with SIGCONT. The process is a ProcId: a pid reused by another process is never touched."""
+    with SIGCONT. The process is a ProcId: a pid reused by another process is never touched.
 
-    def __init__(self, proc: procs.ProcId, *, stop_s: float, run_s: float) -> None:
+    Each cycle is stretched or shrunk as a whole by a factor drawn from `rng` within
+    1 +- `jitter` (the stop and run shares, so the slowdown, stay exact). A fixed period
+    phase-locks to a worker's fixed step: a 1 s cycle over 0.11 s steps stops it at nearly
+    the same point of its step every time, inside its compute section for several cycles and
+    then outside it for several more, so what the slowdown looks like depends on luck."""
+
+    def __init__(
+        self,
+        proc: procs.ProcId,
+        *,
+        stop_s: float,
+        run_s: float,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.proc = proc
         self.stop_s = stop_s
         self.run_s = run_s
+        self.jitter = jitter
+        self._rng = rng or random.Random(proc.pid)
         self.cycles = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"duty-{proc.pid}", daemon=True)
@@ -109,9 +127,10 @@ class DutyCycle:
         try:
             while not self._done.is_set() and procs.send([self.proc], signal.SIGSTOP):
                 self.cycles += 1
-                self._done.wait(self.stop_s)
+                stretch = 1.0 + self._rng.uniform(-self.jitter, self.jitter)
+                self._done.wait(self.stop_s * stretch)
                 procs.send([self.proc], signal.SIGCONT)
-                self._done.wait(self.run_s)
+                self._done.wait(self.run_s * stretch)
         finally:
             procs.send([self.proc], signal.SIGCONT)
 
@@ -138,7 +157,9 @@ def slow_worker(fault: Fault, ctx: FaultContext) -> dict[str, Any]:
             return {**did, "skipped": f"worker pid {did['host_pid']} exited as the fault fired"}
         period_s = fault.period_s or DEFAULT_PERIOD_S
         run_s = period_s / factor
-        cycle = DutyCycle(proc, stop_s=period_s - run_s, run_s=run_s)
+        # Seeded: a replay with the scenario's seed stops the worker on the same schedule.
+        rng = random.Random(f"{ctx.scenario.seed}:{did['rank']}")
+        cycle = DutyCycle(proc, stop_s=period_s - run_s, run_s=run_s, jitter=DUTY_JITTER, rng=rng)
         token = f"duty-{uuid.uuid4().hex[:8]}"
         ctx.background[token] = cycle
         cycle.start()

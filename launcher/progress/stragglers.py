@@ -17,8 +17,10 @@ The score uses the window's mean, not the median of its samples: a rank that is 
 then (stopped a third of the time, a duty cycle) has fast samples in the majority, so its
 median looks healthy while it delivers a third of its peers' throughput.
 
-A window in which a rank has fewer than `min_samples` samples for a section does not score it
-and breaks its streak, so a rank that barely ran is never called slow on thin evidence.
+A window in which a rank completed fewer than `min_samples` calls of a section does not score
+it and breaks its streak, so a rank that barely ran is never called slow on thin evidence.
+The evidence is completed calls, not polls that saw some: a rank stopped two thirds of the
+time completes several sections in a window yet shows new ones to only one or two polls.
 """
 
 from __future__ import annotations
@@ -69,15 +71,21 @@ class RankMedian:
     median_s: float
     samples: int
     mean_s: float = -1.0  # the window's time / count; -1: not sent (an older agent): the median
+    calls: int = -1  # sections completed in the window; -1: not sent (an older agent)
 
     @property
     def score_s(self) -> float:
         return self.mean_s if self.mean_s >= 0 else self.median_s
 
+    @property
+    def evidence(self) -> int:
+        """What `min_samples` is checked against: completed calls, else (older agents) polls."""
+        return self.calls if self.calls >= 0 else self.samples
+
 
 def encode_medians(medians: Sequence[RankMedian]) -> str:
     """One node's window, as it travels through the rendezvous store to the scorer."""
-    rows = [[m.rank, m.node, m.section, m.median_s, m.samples, m.mean_s] for m in medians]
+    rows = [[m.rank, m.node, m.section, m.median_s, m.samples, m.mean_s, m.calls] for m in medians]
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -92,9 +100,10 @@ def decode_medians(payload: str) -> list[RankMedian]:
                 section=str(section),
                 median_s=float(median_s),
                 samples=int(samples),
-                mean_s=float(mean_s[0]) if mean_s else -1.0,
+                mean_s=float(rest[0]) if rest else -1.0,
+                calls=int(rest[1]) if len(rest) > 1 else -1,
             )
-            for rank, node, section, median_s, samples, *mean_s in json.loads(payload)
+            for rank, node, section, median_s, samples, *rest in json.loads(payload)
         ]
     except (ValueError, TypeError):
         return []
@@ -136,6 +145,7 @@ class SectionSampler:
                 median_s=statistics.median(samples),
                 samples=len(samples),
                 mean_s=self._sums[(rank, name)][1] / self._sums[(rank, name)][0],
+                calls=self._sums[(rank, name)][0],
             )
             for (rank, name), samples in sorted(self._samples.items())
         )
@@ -188,7 +198,7 @@ class StragglerTracker:
         self._window += 1
         by_section: dict[str, list[RankMedian]] = {}
         for median in medians:
-            if median.samples >= self.policy.min_samples:
+            if median.evidence >= self.policy.min_samples:
                 by_section.setdefault(median.section, []).append(median)
         streaks: dict[tuple[int, str], int] = {}
         stragglers: list[StragglerDetected] = []

@@ -120,6 +120,23 @@ def test_thin_evidence_is_not_scored() -> None:
     assert (report.stragglers, report.stats) == ((), ())
 
 
+def test_evidence_is_completed_calls_not_polls_that_saw_some() -> None:
+    # Stopped two thirds of the time: one poll saw rank 1's six calls (one of them stretched),
+    # its peer's were seen by every poll. Both completed enough sections to be judged.
+    sampler = SectionSampler()
+    for count in (2, 4, 6):
+        sampler.observe(
+            0, [SectionStats(name="compute", count=count, total_s=0.1 * count, last_s=0.1)]
+        )
+    sampler.observe(1, [SectionStats(name="compute", count=6, total_s=1.2, last_s=0.7)])
+    rows = sampler.close_window()
+    assert [(row.samples, row.calls) for row in rows] == [(3, 6), (1, 6)]
+    (slow,) = StragglerTracker(StragglerPolicy(windows=1)).add_window(rows).stragglers
+    assert (slow.rank, slow.score) == (1, pytest.approx(0.5))
+    # An older agent sends no calls: its polls are the evidence, as before.
+    assert RankMedian(rank=1, node=None, section="c", median_s=1.0, samples=2).evidence == 2
+
+
 def test_sections_are_scored_separately_with_a_summary_each() -> None:
     tracker = StragglerTracker(StragglerPolicy(windows=1, top_k=2))
     report = tracker.add_window(
@@ -150,7 +167,13 @@ def test_the_sampler_turns_counters_into_per_poll_means() -> None:
     (row,) = sampler.close_window()
     # samples 0.5, 0.5 (4 calls, 2 s) and 2.0 (1 call, 2 s): median 0.5, mean 5 s / 7 calls
     assert row == RankMedian(
-        rank=3, node="n1", section="fwd", median_s=0.5, samples=3, mean_s=pytest.approx(5 / 7)
+        rank=3,
+        node="n1",
+        section="fwd",
+        median_s=0.5,
+        samples=3,
+        mean_s=pytest.approx(5 / 7),
+        calls=7,
     )
     assert sampler.close_window() == ()
 
@@ -180,8 +203,12 @@ def test_medians_survive_the_trip_through_the_store() -> None:
     medians = [
         RankMedian(rank=3, node="n1", section="compute", median_s=0.25, samples=7),
         RankMedian(rank=4, node=None, section="data", median_s=1e-6, samples=3),
+        RankMedian(rank=5, node="n2", section="data", median_s=0.1, samples=2, mean_s=0.2, calls=9),
     ]
     assert decode_medians(encode_medians(medians)) == medians
+    # What an agent without `calls` (or without `mean_s`) publishes still reads.
+    older = decode_medians('[[1,"n","c",0.5,4,0.6],[2,"n","c",0.5,4]]')
+    assert [(m.mean_s, m.calls, m.evidence) for m in older] == [(0.6, -1, 4), (-1.0, -1, 4)]
     assert decode_medians(encode_medians([])) == []
 
 
