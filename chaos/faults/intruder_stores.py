@@ -65,6 +65,9 @@ class TorchTCPStore:
         del self._store
 
 
+_COUNTER_TAG = "\x00c"
+
+
 class EtcdGateway:
     """etcd's v3 JSON gateway; the job's keys are under the launcher's default prefix."""
 
@@ -103,8 +106,14 @@ class EtcdGateway:
         self._call("/v3/kv/txn", {"compare": [{**compare, "result": "EQUAL"}], "success": [put]})
 
     def add(self, key: str, delta: int) -> int:
-        total = int(self.get(key) or "0") + delta  # not atomic: an intruder need not be
-        self.set(key, str(total))
+        # Not atomic: an intruder need not be. The launcher keeps a counter as "\0c<offset>",
+        # its count version + offset (docs/etcd.md); the put raises the version by one.
+        kvs = self._call("/v3/kv/range", {"key": self._key(key)}).get("kvs")
+        text = _text(base64.b64decode(kvs[0].get("value", ""))) if kvs else ""
+        version = int(kvs[0].get("version", 0)) if kvs else 0
+        counted = text.startswith(_COUNTER_TAG)
+        total = (version + int(text[2:]) if counted else int(text or "0")) + delta
+        self.set(key, f"{_COUNTER_TAG}{total - version - 1}")
         return total
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import pytest
 
+from chaos.faults.intruder_stores import EtcdGateway
 from chaos.topology.etcd import EtcdCluster, free_ports, http_json
 from launcher.errors import ConfigError, RendezvousConnectionError, RendezvousError
 from launcher.rendezvous.backends.etcd import EtcdStore
@@ -119,6 +120,46 @@ def test_add(store: EtcdStore) -> None:
     assert store.get("n") == "3"  # decimal text, readable with get
 
 
+def test_a_counter_reads_as_decimal_text_however_it_was_written(store: EtcdStore) -> None:
+    store.set("legacy", "41")  # plain text, as a program without the counter layout writes
+    assert store.add("legacy", 1) == 42
+    assert store.add("legacy", 1) == 43
+    assert store.add("legacy", -3) == 40
+    store.add("fresh", 1)
+    assert store.multi_get(["legacy", "fresh", "absent"]) == ["40", "1", None]
+
+
+def test_another_program_following_the_documented_layout_shares_a_counter(
+    etcd_server: EtcdCluster,
+) -> None:
+    prefix = unique_prefix()
+    ours = EtcdStore(etcd_server.endpoints, prefix=prefix)
+    host, port = etcd_server.endpoints[0]
+    theirs = EtcdGateway(f"{host}:{port}", timeout_s=10, prefix=prefix)  # the chaos intruder
+    assert (ours.add("seq", 1), theirs.add("seq", 1), ours.add("seq", 1)) == (1, 2, 3)
+    assert (theirs.add("seq", -1), ours.get("seq")) == (2, "2")
+
+
+def test_an_increment_is_one_txn_however_many_add_at_once(
+    etcd_server: EtcdCluster, proxy: DroppingProxy
+) -> None:
+    prefix = unique_prefix()
+    endpoints = [("127.0.0.1", proxy.server_port)]
+
+    def adder(_: int) -> list[int]:
+        etcd = EtcdStore(endpoints, prefix=prefix)
+        try:
+            return [etcd.add("seq", 1) for _ in range(10)]
+        finally:
+            etcd.close()
+
+    before = proxy.forwarded
+    results = run_threads(10, adder)
+    assert sorted(v for values in results for v in values) == list(range(1, 101))
+    # 100 txns and the 10 clients' marker clean-ups: no retries on contention
+    assert proxy.forwarded - before == 110
+
+
 def test_keys_live_under_the_prefix(etcd_server: EtcdCluster) -> None:
     prefix = unique_prefix()
     first = EtcdStore(etcd_server.endpoints, prefix=prefix)
@@ -142,6 +183,21 @@ def test_concurrent_adds_count_exactly(etcd_server: EtcdCluster) -> None:
     seen = sorted(value for values in results for value in values)
     assert seen == list(range(1, 401))  # every increment got its own value
     assert EtcdStore(etcd_server.endpoints, prefix=prefix).get("counter") == "400"
+
+
+def test_concurrent_increments_and_decrements_balance(etcd_server: EtcdCluster) -> None:
+    prefix = unique_prefix()
+
+    def adder(index: int) -> None:
+        etcd = EtcdStore(etcd_server.endpoints, prefix=prefix)
+        try:
+            for _ in range(20):
+                etcd.add("spares", 1 if index % 2 == 0 else -1)
+        finally:
+            etcd.close()
+
+    run_threads(6, adder)
+    assert EtcdStore(etcd_server.endpoints, prefix=prefix).add("spares", 0) == 0
 
 
 def test_concurrent_adds_through_one_shared_store(store: EtcdStore) -> None:
@@ -226,8 +282,13 @@ def test_add_whose_reply_was_lost_counts_once(
     proxy.drop = 1
     forwarded = proxy.forwarded
     assert etcd.add("n", 1) == 2  # the txn's reply is lost, the retry recognises its marker
+    assert proxy.forwarded == forwarded + 1  # +1 is one txn: the one that was applied
+    etcd = EtcdStore([("127.0.0.1", proxy.server_port), etcd_server.endpoints[0]], prefix=prefix)
+    proxy.drop = 1
+    forwarded = proxy.forwarded
+    assert etcd.add("n", -1) == 1  # a compare-and-put, its reply lost: counted once too
     assert proxy.forwarded == forwarded + 2  # the read, and the txn that was applied
-    assert EtcdStore([etcd_server.endpoints[0]], prefix=prefix).get("n") == "2"
+    assert EtcdStore([etcd_server.endpoints[0]], prefix=prefix).get("n") == "1"
 
 
 def test_compare_set_whose_reply_was_lost_reports_the_win(

@@ -8,7 +8,8 @@ values base64) with the standard library only:
 - the maintained v3 Python clients pull grpc and protobuf, with pins that fight torch's;
 - the JSON gateway is part of etcd itself (every member serves it on its client port).
 
-`compare_set` is one txn; `add` a loop of txns on `mod_revision` that also write a per-thread
+`compare_set` is one txn; `add(key, 1)` one txn however many clients add at once, any other
+`add` a loop of txns on `mod_revision` (etcd_counters.py); both also write a per-thread
 marker token, so a retried txn whose reply was lost never counts twice; `multi_get` and
 `multi_set` are one txn per `MAX_TXN_OPS` keys. Each request goes to the member that answered
 last and fails over to the others until `timeout_s`, on connections kept alive per thread and
@@ -32,6 +33,14 @@ from launcher.errors import (
     RendezvousAccessError,
     RendezvousConnectionError,
     RendezvousError,
+)
+from launcher.rendezvous.backends.etcd_counters import (
+    count_of,
+    first_kv,
+    increment_outcome,
+    increment_txn,
+    rewrite,
+    visible,
 )
 from launcher.rendezvous.backends.etcd_transport import (
     ClientTls,
@@ -99,14 +108,14 @@ class EtcdStore:
         self._added = False
 
     def get(self, key: str) -> str | None:
-        return _kv(self._request("/v3/kv/range", {"key": self._key(key)}))[0]
+        return _value(self._request("/v3/kv/range", {"key": self._key(key)}))
 
     def multi_get(self, keys: Sequence[str]) -> list[str | None]:
         ops = [{"request_range": {"key": self._key(key)}} for key in keys]
         values: list[str | None] = []
         for chunk in _chunks(ops):
             reply = self._request("/v3/kv/txn", {"success": chunk})
-            values.extend(_kv(r["response_range"])[0] for r in reply["responses"])
+            values.extend(_value(r["response_range"]) for r in reply["responses"])
         return values
 
     def set(self, key: str, value: str) -> None:
@@ -144,10 +153,21 @@ class EtcdStore:
             return int(current) if current is not None else 0
         self._added = True
         k = self._key(key)
-        marker = f"{self._markers}{threading.get_ident()}"  # one add at a time per thread
-        value, revision = _kv(self._request("/v3/kv/range", {"key": k}))
-        while True:
-            total = int(value or "0") + delta
+        marker = self._key(f"{self._markers}{threading.get_ident()}")  # one add per thread
+        kv: Json | None = None
+        if delta == 1:  # one txn however many others add (etcd_counters.py)
+            outcome, kv = increment_outcome(
+                self._request("/v3/kv/txn", increment_txn(k, marker, uuid.uuid4().hex))
+            )
+            if outcome == "counted":
+                return count_of(kv)
+            if outcome == "applied":  # a lost reply: read the count as of that copy's put
+                at = str(kv["mod_revision"]) if kv else "0"
+                return count_of(first_kv(self._request("/v3/kv/range", {"key": k, "revision": at})))
+        else:
+            kv = first_kv(self._request("/v3/kv/range", {"key": k}))
+        while True:  # any other delta, or a counter in plain decimal text
+            value, revision, total = rewrite(kv, delta)
             token = uuid.uuid4().hex
             reply = self._request(
                 "/v3/kv/txn",
@@ -155,10 +175,13 @@ class EtcdStore:
                     "compare": [
                         {"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": revision}
                     ],
-                    "success": [self._put(key, str(total)), self._put(marker, token)],
+                    "success": [
+                        {"request_put": {"key": k, "value": _b64(value)}},
+                        {"request_put": {"key": marker, "value": _b64(token)}},
+                    ],
                     "failure": [
                         {"request_range": {"key": k}},
-                        {"request_range": {"key": self._key(marker)}},
+                        {"request_range": {"key": marker}},
                     ],
                 },
             )
@@ -167,7 +190,7 @@ class EtcdStore:
             responses = reply["responses"]
             if _kv(responses[1]["response_range"])[0] == token:
                 return total  # an earlier copy of this very txn was applied (lost reply)
-            value, revision = _kv(responses[0]["response_range"])
+            kv = first_kv(responses[0]["response_range"])
 
     def close(self) -> None:
         """Removes this client's add markers (best effort: a crashed client leaves them) and
@@ -329,3 +352,9 @@ class EtcdStore:
         return RendezvousError(
             _one_line(f"etcd at {url} rejected {path}: HTTP {status}: {message}"), endpoint=url
         )
+
+
+def _value(response: Json) -> str | None:
+    """A range reply's value as the Store returns it (a counter as decimal text)."""
+    kv = first_kv(response)
+    return None if kv is None else visible(kv)

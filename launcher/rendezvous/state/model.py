@@ -242,7 +242,7 @@ class Keys:
 
 # The keys the store adds to (`Add`): plain decimal integers, never sealed (see signing.py).
 COUNTERS = frozenset(
-    {"seq", "expected", "succeeded", "alive", "dumped", "spares", "spares_seen_end"}
+    {"seq", "expected", "succeeded", "released", "alive", "dumped", "spares", "spares_seen_end"}
 )
 
 
