@@ -80,8 +80,19 @@ def bump(
 def bump_record(p: Params, current: str | None) -> Generator[Op, Feedback, dict[str, Any] | None]:
     """Why the round in `current` exists: the record its bumper wrote before moving the
     round ({reason, by, detail, expected}); None for round 0 (nobody bumped it)."""
+    key = bump_key(p, current)
+    if key is None:
+        return None
+    raw, _ = yield Get(key)
+    return parse_bump(raw)
+
+
+def bump_key(p: Params, current: str | None) -> str | None:
+    """Where the bumper of the round in `current` wrote its record; None for round 0."""
     if current is None or ":" not in current:
         return None
-    writer = current.split(":", 1)[1]
-    raw, _ = yield Get(Keys(p.run_id).bump(round_of(current), writer))
+    return Keys(p.run_id).bump(round_of(current), current.split(":", 1)[1])
+
+
+def parse_bump(raw: str | None) -> dict[str, Any] | None:
     return dict(json.loads(raw)) if raw is not None else None

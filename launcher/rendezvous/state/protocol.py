@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
+from typing import Any
 
 from launcher.rendezvous.state.bumps import (
     CHARGED,
@@ -12,7 +13,8 @@ from launcher.rendezvous.state.bumps import (
     NODE_LOST,
     SCALE_UP,
     bump,
-    bump_record,
+    bump_key,
+    parse_bump,
     round_finishing,
 )
 from launcher.rendezvous.state.model import (
@@ -38,17 +40,12 @@ from launcher.rendezvous.state.model import (
     Sleep,
     round_of,
 )
+from launcher.rendezvous.state.pacing import PROMPT_S, JoinPace, spread_poll_s
 
 Gen = Generator[Op, Feedback, object]
 
 # Spares and waiters poll less often than joiners: nothing they do is urgent.
 _SPARE_POLL_FACTOR = 10
-# Joiners waiting for the same round poll at the full rate up to this many; past it each
-# polls less often, so the store's load from a forming round stays about flat in N (at 100
-# joiners a poll every 0.5 s instead of 2000 reads a second), never slower than _MAX_POLL_S.
-_FULL_RATE_POLLERS = 10
-_MAX_POLL_S = 1.0
-_PROMPT_ASSIGN_S = 0.5
 # How long a store host waits for the other members' goodbyes after the job is done.
 _HOST_GRACE_S = 10.0
 
@@ -66,14 +63,17 @@ def join(
     k = Keys(p.run_id)
     deadline = now + p.join_timeout_s
     while True:
-        cur, now = yield Get(k.round)
+        # Each read that does not depend on the one before shares its round trip: under a
+        # loaded store every round trip before a joiner's slot delays the round.
+        (cur, done), now = yield MultiGet((k.round, k.done))
+        if done is not None:
+            return JobOver(outcome=str(done))
         if cur is None:
             cur, now = yield CompareSet(k.round, None, f"0:{me.node_id}")
         rnd = round_of(cur)
-        done, now = yield Get(k.done)
-        if done is not None:
-            return JobOver(outcome=str(done))
-        closed, now = yield Get(k.r(rnd, "close"))
+        record = bump_key(p, cur)
+        raws, now = yield MultiGet((k.r(rnd, "close"),) + ((record,) if record else ()))
+        closed = raws[0]
         if closed is not None:
             size = members_of(closed)
             if not p.static and size < p.max_nodes and not (yield from round_finishing(p, rnd)):
@@ -85,25 +85,26 @@ def join(
                 return over
             deadline = now + p.join_timeout_s  # a spare's wait does not count
             continue
-        result = yield from _join_round(p, me, cur, deadline)
+        bumped = parse_bump(raws[1]) if record else None
+        result = yield from _join_round(p, me, cur, bumped, deadline)
         if result is not None:
             return result
 
 
 def _join_round(
-    p: Params, me: NodeInfo, current: str, deadline: float
+    p: Params, me: NodeInfo, current: str, bumped: dict[str, Any] | None, deadline: float
 ) -> Generator[Op, Feedback, Assignment | JobOver | Excluded | None]:
-    """Takes a slot in the round in `current`; None means: start over (the round moved on,
-    or full)."""
+    """Takes a slot in the round in `current` (`bumped`: its bump record); None means:
+    start over (the round moved on, or full)."""
     k = Keys(p.run_id)
     rnd = round_of(current)
     # How many nodes the bumper expects back; watchers lower it with negative adds to
     # r<r>/expected as they declare joiners dead.
-    bumped = yield from bump_record(p, current)
     hint = int(bumped.get("expected", 0)) if bumped is not None else 0
     seq, now = yield Add(k.r(rnd, "seq"), 1)
     slot = int(seq) - 1
-    yield Set(k.node(rnd, slot), me.to_json())
+    _, now = yield Set(k.node(rnd, slot), me.to_json())
+    pace = JoinPace(p, joined=slot + 1, now=now)
     if slot >= p.max_nodes:
         return (yield from wait_for_change(p, rnd, by=me.node_id))
     min_seen_at: float | None = None
@@ -133,7 +134,8 @@ def _join_round(
                 joined=joined,
                 needed=p.min_nodes,
             )
-        yield Sleep(spread_poll_s(p, joined))
+        pace.observe(joined, hint + lowered, min_seen_at, now)
+        yield Sleep(pace.next_poll_s(joined, now))
     size = int(json.loads(closed)["size"])
     if slot >= size:
         # Took a slot just after the round closed. With room left, ask for a new round at
@@ -162,16 +164,8 @@ def _join_round(
             return None
         # The closer publishes the assignments right after closing: worth the full rate for
         # a moment; after that it may be gone (see give_up), and the spread rate will do.
-        prompt = now - closed_at < _PROMPT_ASSIGN_S
+        prompt = now - closed_at < PROMPT_S
         yield Sleep(p.poll_interval_s if prompt else spread_poll_s(p, size))
-
-
-def spread_poll_s(p: Params, pollers: int) -> float:
-    """How long each of `pollers` nodes polling the same keys sleeps between looks. Pure."""
-    if pollers <= _FULL_RATE_POLLERS:
-        return p.poll_interval_s
-    spread = p.poll_interval_s * pollers / _FULL_RATE_POLLERS
-    return max(p.poll_interval_s, min(spread, _MAX_POLL_S))
 
 
 def decide_size(
@@ -251,9 +245,10 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         if missing:
             update.update(missing=missing)
         items.insert(0, (k.r(rnd, "close"), json.dumps(update, sort_keys=True)))
-    last_raw, now = yield Get(k.last)
-    last = json.loads(last_raw) if last_raw is not None else None
-    bumped = (yield from bump_record(p, current)) or {"reason": INITIAL, "detail": ""}
+    record = bump_key(p, current)
+    raws, now = yield MultiGet((k.last,) + ((record,) if record else ()))
+    last = json.loads(raws[0]) if raws[0] is not None else None
+    bumped = (parse_bump(raws[1]) if record else None) or {"reason": INITIAL, "detail": ""}
     reason, detail = str(bumped["reason"]), str(bumped.get("detail", ""))
     ordered = order_members(p, nodes, last_round=last["round"] if last else None)
     returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
