@@ -449,9 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torchrun's first round budget, s (180)")  # fmt: skip
     parser.add_argument("--fault-budget", type=float, default=30.0,
                         help="node loss and join budgets, s (30)")  # fmt: skip
-    parser.add_argument("--store-nice", type=int, default=-10,
+    parser.add_argument("--store-nice", type=int, default=0,
                         help="nice value of the store's process: the etcd member, or the "
-                        "agent hosting the c10d store, either tool's (-10; 0: as the agents)")
+                        "agent hosting the c10d store (0: as the agents; -10 stands in for "
+                        "a store host with CPUs of its own)")
     parser.add_argument("--keep-scratch", action="store_true", help="keep the runs' logs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     args = parser.parse_args(argv)
@@ -478,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     ok = print_table(results)
-    print(f"(the store's process ran at nice {args.store_nice}; --store-nice 0: as the agents)")
+    print(f"(the store's process ran at nice {args.store_nice})")
     report = {
         "benchmark": "many_agents", "created_unix": started, "duration_s": time.time() - started,
         "python": platform.python_version(), "torch": _version("torch"),
