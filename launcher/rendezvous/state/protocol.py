@@ -109,10 +109,13 @@ def _join_round(
         return (yield from wait_for_change(p, rnd, by=me.node_id))
     min_seen_at: float | None = None
     # Everything a waiting joiner looks at, in one read per poll (one etcd txn, one
-    # pipelined TCPStore round trip); the counters are Add's decimal strings.
-    looks = (k.r(rnd, "close"), k.round, k.r(rnd, "seq"), k.r(rnd, "expected"))
+    # pipelined TCPStore round trip); the counters are Add's decimal strings. Its own
+    # assignment too: the poll that finds the round closed often finds it assigned.
+    looks = (k.r(rnd, "close"), k.round, k.r(rnd, "seq"), k.r(rnd, "expected"), k.assign(rnd, slot))
     while True:
-        (closed, cur, seen, lowered_raw), now = yield MultiGet(looks)
+        (closed, cur, seen, lowered_raw, mine), now = yield MultiGet(looks)
+        if mine is not None:
+            return _assigned(mine, rnd)
         if closed is not None:
             break
         if round_of(cur) != rnd:
@@ -151,10 +154,8 @@ def _join_round(
     give_up = now + p.assign_timeout_s
     while True:
         (raw, cur), now = yield MultiGet((k.assign(rnd, slot), k.round))
-        if raw == EXCLUDED:
-            return Excluded(round=rnd)  # declared dead before the round closed
         if raw is not None:
-            return Assignment.from_json(raw)
+            return _assigned(raw, rnd)
         if round_of(cur) != rnd:
             return None  # the closer gave the round up (see _close_round)
         if now >= give_up:
@@ -166,6 +167,12 @@ def _join_round(
         # a moment; after that it may be gone (see give_up), and the spread rate will do.
         prompt = now - closed_at < PROMPT_S
         yield Sleep(p.poll_interval_s if prompt else spread_poll_s(p, size))
+
+
+def _assigned(raw: str, rnd: int) -> Assignment | Excluded:
+    if raw == EXCLUDED:
+        return Excluded(round=rnd)  # declared dead before the round closed
+    return Assignment.from_json(raw)
 
 
 def decide_size(

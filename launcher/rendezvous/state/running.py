@@ -224,12 +224,14 @@ def heartbeat(
     yield Set(k.hb(me), repr(started))
     if watch is not None and watch.beats_alive:
         yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
-    mine, now = yield Get(k.dead(me))
-    if mine is not None:
+    # Both reads in one round trip: a slow tick delays the next look at the watched node.
+    watched = watch.watched if watch is not None else ""
+    seen, now = yield MultiGet((k.dead(me), k.hb(watched)) if watched else (k.dead(me),))
+    if seen[0] is not None:
         return "declared_dead"
-    if watch is None or not watch.watched:
+    if watch is None or not watched:
         return None
-    value, now = yield Get(k.hb(watch.watched))
+    value = seen[1]
     # A watcher that could not look for a while (its own store access failed, or it was
     # paused) has no evidence against the watched node: its beats may have failed for the
     # same reason (a store outage stalls every node). It starts counting afresh. Only the
