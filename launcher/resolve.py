@@ -9,7 +9,6 @@ import importlib.machinery
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -253,6 +252,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     )
     if standalone or implicit:
         standalone = True
+        import uuid  # only here: its import (platform included) costs every agent's start
+
         backend, endpoint_text, run_id = "c10d", "localhost:0", str(uuid.uuid4())
         if max_nodes != 1:
             raise ConfigError("--standalone runs one node", flag="--nnodes", fix="use --nnodes 1")

@@ -33,7 +33,6 @@ import stat
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,8 @@ _MAX_PENDING = 1 << 16  # bytes without a newline before the buffer is declared 
 
 def default_timer_file_path() -> Path:
     """Where torch's LocalElasticAgent puts the FIFO when `TORCHELASTIC_TIMER_FILE` is unset."""
+    import uuid  # only here: its import (platform included) costs every agent's start
+
     return Path(tempfile.gettempdir()) / f"watchdog_timer_{uuid.uuid4()}"
 
 

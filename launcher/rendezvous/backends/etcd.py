@@ -20,12 +20,11 @@ at once. Details: docs/etcd.md.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 
 from launcher.errors import (
@@ -104,7 +103,7 @@ class EtcdStore:
         self._credentials = credentials
         self._connections = Connections(self.endpoints, self._tls)
         self._preferred = 0  # index of the member that answered last
-        self._markers = f"_adds/{uuid.uuid4().hex}/"  # this client's add markers (keys)
+        self._markers = f"_adds/{_token_hex()}/"  # this client's add markers (keys)
         self._added = False
 
     def get(self, key: str) -> str | None:
@@ -157,7 +156,7 @@ class EtcdStore:
         kv: Json | None = None
         if delta == 1:  # one txn however many others add (etcd_counters.py)
             outcome, kv = increment_outcome(
-                self._request("/v3/kv/txn", increment_txn(k, marker, uuid.uuid4().hex))
+                self._request("/v3/kv/txn", increment_txn(k, marker, _token_hex()))
             )
             if outcome == "counted":
                 return count_of(kv)
@@ -168,7 +167,7 @@ class EtcdStore:
             kv = first_kv(self._request("/v3/kv/range", {"key": k}))
         while True:  # any other delta, or a counter in plain decimal text
             value, revision, total = rewrite(kv, delta)
-            token = uuid.uuid4().hex
+            token = _token_hex()
             reply = self._request(
                 "/v3/kv/txn",
                 {
@@ -237,7 +236,7 @@ class EtcdStore:
                     status, reply = self._exchange(
                         index, path, payload, timeouts, deadline=deadline, signing_in=signing_in
                     )
-                except (OSError, http.client.HTTPException) as err:
+                except OSError as err:  # http_wire's protocol errors are OSErrors too
                     last_error = f"{url}: {type(err).__name__}: {err}"
                     refusal = tls_refusal(err, self._tls)
                     if refusal is not None:
@@ -358,3 +357,8 @@ def _value(response: Json) -> str | None:
     """A range reply's value as the Store returns it (a counter as decimal text)."""
     kv = first_kv(response)
     return None if kv is None else visible(kv)
+
+
+def _token_hex() -> str:
+    """A random 128-bit token (`uuid` would cost every agent its import, platform included)."""
+    return os.urandom(16).hex()

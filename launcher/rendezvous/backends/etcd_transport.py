@@ -25,19 +25,35 @@ password with bcrypt, costly for it, so every store of one agent shares one toke
 
 from __future__ import annotations
 
-import http.client
 import select
-import ssl
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from launcher.errors import ConfigError
+from launcher.rendezvous.backends.http_wire import HttpConnection
 
+if TYPE_CHECKING:
+    import ssl
+
+# `ssl` is imported only for TLS (ClientTls.load): without it no error can be a TLS one.
 # Failures of the handshake or the stream that another try may get past.
-_TRANSIENT_SSL = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-# How a kept connection that the server had closed fails a request sent on it.
-_STALE = (ConnectionError, ssl.SSLEOFError)
+_TRANSIENT_SSL = ("SSLEOFError", "SSLZeroReturnError", "SSLSyscallError")
+
+
+def _ssl_module() -> ModuleType | None:
+    return sys.modules.get("ssl")
+
+
+def _stale(err: BaseException) -> bool:
+    """How a kept connection that the server had closed fails a request sent on it."""
+    ssl_ = _ssl_module()
+    return isinstance(err, ConnectionError) or (
+        ssl_ is not None and isinstance(err, ssl_.SSLEOFError)
+    )
 
 
 def _conf_error(keys: str, path: Path | None, problem: str) -> ConfigError:
@@ -57,6 +73,8 @@ class ClientTls:
         cls, *, cacert: Path | None = None, cert: Path | None = None, key: Path | None = None
     ) -> ClientTls:
         """Reads the files now, so a bad one fails at start, naming its `--rdzv-conf` key."""
+        import ssl  # only TLS needs it (see http_wire.py)
+
         for name, path in (("cacert", cacert), ("cert", cert), ("key", key)):
             if path is not None:
                 try:
@@ -92,7 +110,10 @@ class ClientTls:
 
 def tls_refusal(err: BaseException, tls: ClientTls | None) -> str | None:
     """What went wrong, when `err` is a TLS failure that retrying cannot fix; else None."""
-    if not isinstance(err, ssl.SSLError) or isinstance(err, _TRANSIENT_SSL):
+    ssl = _ssl_module()
+    if ssl is None or not isinstance(err, ssl.SSLError):
+        return None
+    if type(err).__name__ in _TRANSIENT_SSL:
         return None
     if isinstance(err, ssl.SSLCertVerificationError):
         which = f"cacert={tls.cacert}" if tls and tls.cacert else "the system's CAs (no cacert)"
@@ -149,7 +170,7 @@ class Connections:
     def __init__(self, endpoints: tuple[tuple[str, int], ...], tls: ClientTls | None) -> None:
         self._endpoints = endpoints
         self._tls = tls
-        self._open: dict[tuple[int, int], http.client.HTTPConnection] = {}
+        self._open: dict[tuple[int, int], HttpConnection] = {}
         self._lock = threading.Lock()  # guards _open; each connection is one thread's
         self.opened = 0  # connections made (tests and benchmarks read it)
 
@@ -171,14 +192,11 @@ class Connections:
         try:
             if conn is None:
                 conn = self._connect(slot, timeouts[0])
-            return _exchange(conn, path, payload, headers, timeouts[1])
-        except _STALE:
-            self._drop(slot)
-            if not reused and self._tls is None:
-                raise
-        except BaseException:
+            return conn.post(path, payload, headers, timeouts[1])
+        except BaseException as err:
             self._drop(slot)  # a half-done exchange leaves the connection unusable
-            raise
+            if not _stale(err) or (not reused and self._tls is None):
+                raise
         # A kept connection the server had closed; or, over TLS 1.3, a fresh one the member
         # closed when the request came: it judges our certificate after the handshake, and
         # its alert is often lost to our request crossing it (measured: half the time with
@@ -187,7 +205,7 @@ class Connections:
             conn = self._connect(slot, timeouts[0])
             if not reused:
                 _await_verdict(conn, timeouts[0])
-            return _exchange(conn, path, payload, headers, timeouts[1])
+            return conn.post(path, payload, headers, timeouts[1])
         except BaseException:
             self._drop(slot)
             raise
@@ -198,15 +216,10 @@ class Connections:
         for conn in conns:
             conn.close()
 
-    def _connect(self, slot: tuple[int, int], timeout_s: float) -> http.client.HTTPConnection:
+    def _connect(self, slot: tuple[int, int], timeout_s: float) -> HttpConnection:
         host, port = self._endpoints[slot[1]]
-        conn: http.client.HTTPConnection
-        if self._tls is not None:
-            conn = http.client.HTTPSConnection(
-                host, port, timeout=timeout_s, context=self._tls.context
-            )
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        context = self._tls.context if self._tls is not None else None
+        conn = HttpConnection(host, port, timeout=timeout_s, context=context)
         with self._lock:
             self._open[slot] = conn
             self.opened += 1
@@ -220,7 +233,7 @@ class Connections:
             conn.close()
 
 
-def _idle_closed(conn: http.client.HTTPConnection) -> bool:
+def _idle_closed(conn: HttpConnection) -> bool:
     """Whether a kept connection has ended: between requests nothing is due to arrive, so a
     readable socket is at its end (or holds bytes nobody asked for); both mean reconnect."""
     sock = conn.sock
@@ -234,12 +247,12 @@ def _idle_closed(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
-def _await_verdict(conn: http.client.HTTPConnection, timeout_s: float) -> None:
+def _await_verdict(conn: HttpConnection, timeout_s: float) -> None:
     """Waits (bounded) for what a TLS 1.3 server sends once it has judged the client: session
     tickets (accepted) or an alert, raised here as the SSLError it is. A server that sends
     neither just costs the wait."""
-    sock = conn.sock
-    if not isinstance(sock, ssl.SSLSocket) or sock.version() != "TLSv1.3":
+    sock, ssl = conn.sock, _ssl_module()
+    if ssl is None or not isinstance(sock, ssl.SSLSocket) or sock.version() != "TLSv1.3":
         return  # before 1.3 the handshake itself carries the verdict
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -252,16 +265,3 @@ def _await_verdict(conn: http.client.HTTPConnection, timeout_s: float) -> None:
         pass  # tickets only: accepted
     finally:
         sock.settimeout(timeout_s)
-
-
-def _exchange(
-    conn: http.client.HTTPConnection,
-    path: str,
-    payload: bytes,
-    headers: dict[str, str],
-    reply_timeout_s: float,
-) -> tuple[int, bytes]:
-    conn.sock.settimeout(reply_timeout_s)
-    conn.request("POST", path, body=payload, headers=headers)
-    response = conn.getresponse()
-    return response.status, response.read()  # read to the end: the connection is reusable
