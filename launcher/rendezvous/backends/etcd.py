@@ -35,7 +35,6 @@ from launcher.errors import (
 )
 from launcher.rendezvous.backends.etcd_counters import (
     count_of,
-    first_kv,
     increment_outcome,
     increment_txn,
     rewrite,
@@ -56,6 +55,7 @@ from launcher.rendezvous.backends.etcd_wire import (
     _message,
     _one_line,
     _token_rejected,
+    first_kv,
 )
 
 log = logging.getLogger(__name__)

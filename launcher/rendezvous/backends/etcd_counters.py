@@ -28,24 +28,16 @@ which no text the protocol writes does.
 
 from __future__ import annotations
 
-import base64
-
-from launcher.rendezvous.backends.etcd_wire import Json, _b64
+from launcher.rendezvous.backends.etcd_wire import Json, _b64, first_kv, kv_text
 
 TAG = "\x00c"
-
-
-def first_kv(response: Json) -> Json | None:
-    """The single kv of a range response; None if the key is absent."""
-    kvs = response.get("kvs") or []
-    return kvs[0] if kvs else None
 
 
 def count_of(kv: Json | None) -> int:
     """The count a range reply's kv holds (None: absent, 0)."""
     if kv is None:
         return 0
-    text = _text(kv)
+    text = kv_text(kv)
     if text.startswith(TAG):
         return int(kv.get("version", 0)) + int(text[len(TAG) :])
     return int(text or "0")
@@ -53,7 +45,7 @@ def count_of(kv: Json | None) -> int:
 
 def visible(kv: Json) -> str:
     """A kv's value as `get` returns it: a counter as decimal text, anything else as is."""
-    text = _text(kv)
+    text = kv_text(kv)
     return str(count_of(kv)) if text.startswith(TAG) else text
 
 
@@ -102,8 +94,3 @@ def rewrite(kv: Json | None, delta: int) -> tuple[str, str, int]:
     revision = str(kv.get("mod_revision", 0)) if kv is not None else "0"
     total = count_of(kv) + delta
     return TAG + str(total - (version + 1)), revision, total
-
-
-def _text(kv: Json) -> str:
-    # The gateway leaves out fields holding the zero value: an empty value has no "value".
-    return base64.b64decode(kv.get("value", "")).decode("utf-8", "surrogateescape")

@@ -47,14 +47,21 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def first_kv(response: Json) -> Json | None:
+    """The single kv of a range response; None if the key is absent."""
+    kvs = response.get("kvs") or []
+    return kvs[0] if kvs else None
+
+
+def kv_text(kv: Json) -> str:
+    # The gateway leaves out fields holding the zero value: an empty value has no "value".
+    return base64.b64decode(kv.get("value", "")).decode("utf-8", "surrogateescape")
+
+
 def _kv(response: Json) -> tuple[str | None, int]:
     """(value, mod_revision) of the single key in a range response; (None, 0) if absent."""
-    kvs = response.get("kvs") or []
-    if not kvs:
-        return None, 0
-    # The gateway leaves out fields holding the zero value: an empty value has no "value".
-    raw = base64.b64decode(kvs[0].get("value", ""))
-    return raw.decode("utf-8", "surrogateescape"), int(kvs[0]["mod_revision"])
+    kv = first_kv(response)
+    return (None, 0) if kv is None else (kv_text(kv), int(kv["mod_revision"]))
 
 
 def _chunks(ops: list[Json]) -> list[list[Json]]:

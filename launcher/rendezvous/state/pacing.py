@@ -37,7 +37,7 @@ def close_imminent(
     p: Params, joined: int, expected: int, min_seen_at: float | None, now: float
 ) -> bool:
     """Whether a round the close decision keeps open will likely close within moments."""
-    target = expected if expected > 0 else p.max_nodes
+    target = _target(p, expected)
     if joined >= target - max(1, int(target * _IMMINENT_FRACTION)):
         return True
     return (
@@ -45,6 +45,11 @@ def close_imminent(
         and min_seen_at is not None
         and now >= min_seen_at + p.last_call_timeout_s - PROMPT_S
     )
+
+
+def _target(p: Params, expected: int) -> int:
+    """The count a round waits for: its bumper's expectation, else (round 0) max_nodes."""
+    return expected if expected > 0 else p.max_nodes
 
 
 def until_target_s(joined: int, target: int, since: tuple[int, float], now: float) -> float:
@@ -69,7 +74,7 @@ class JoinPace:
         self._timed = False  # the last sleep ended at a predicted close
 
     def observe(self, joined: int, expected: int, min_seen_at: float | None, now: float) -> None:
-        self._target = expected if expected > 0 else self._p.max_nodes
+        self._target = _target(self._p, expected)
         if self._prompt_since is None and close_imminent(
             self._p, joined, expected, min_seen_at, now
         ):
