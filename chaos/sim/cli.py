@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--secret", action="store_true", help="a job secret: every value sealed (forge needs it)"
     )
+    ap.add_argument(
+        "--store-wakes",
+        action="store_true",
+        help="the store wakes a joiner when its assignment is written (etcd's watches)",
+    )
     ap.add_argument("--json", type=Path, help="where the JSON goes (default runs/sim/...)")
     ap.add_argument(
         "--sweep",
@@ -121,6 +126,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         settle_s=args.settle,
         allow=frozenset(filter(None, args.allow.split(","))),
         secret=args.secret,
+        store_wakes=args.store_wakes,
     )
     cfg.validate()
     return cfg
@@ -160,6 +166,7 @@ def main(argv: Sequence[str]) -> int:
 def replay(args: argparse.Namespace, result: SimResult) -> str:
     cmd = f"chaos sim --nodes {result.nodes} --min {result.min_nodes} --max {result.max_nodes}"
     cmd += f" --seed {result.seed}" + (" --secret" if result.secret else "")
+    cmd += " --store-wakes" if result.store_wakes else ""
     if result.faults:
         cmd += f" --faults '{result.faults}'"
     defaults = build_parser().parse_args(["--nodes", "1"])

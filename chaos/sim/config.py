@@ -56,6 +56,9 @@ class SimConfig:
     settle_s: float | None = None
     # A hard stop in virtual seconds; None: the faults' end + the liveness bound + settle.
     until_s: float | None = None
+    # The store wakes a sleeping joiner when the key it waits for is written (etcd's
+    # watches; `Sleep.until`): False models a polling-only store (c10d).
+    store_wakes: bool = False
     # A job secret: every agent seals what it writes and checks what it reads (signing.py);
     # `forge` faults need it (without one a forged value is simply believed).
     secret: bool = False
@@ -76,6 +79,7 @@ class SimConfig:
             assign_timeout_s=self.assign_timeout_s,
             keep_alive_interval_s=self.keep_alive_interval_s,
             keep_alive_max_attempt=self.keep_alive_max_attempt,
+            store_wakes=self.store_wakes,
         )
 
     def addr(self, index: int) -> str:

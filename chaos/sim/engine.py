@@ -33,7 +33,7 @@ from chaos.sim.config import SimConfig
 from chaos.sim.faults import Fault, quiet_at, resolve
 from chaos.sim.forger import FORGE_EVERY_S, forge
 from chaos.sim.store import SimStore
-from launcher.rendezvous.state import Keys, NodeInfo, Op, Sleep, is_write, round_of
+from launcher.rendezvous.state import Keys, MultiSet, NodeInfo, Op, Sleep, is_write, round_of
 
 STEP, ARRIVE, CALL = 0, 1, 2
 _START = object()  # the payload that primes a task's generator
@@ -73,6 +73,7 @@ class Simulation:
         self.store_down_until = 0.0
         self._ports = itertools.count(20000)
         self.trace: list[tuple[Any, ...]] | None = [] if cfg.trace else None
+        self._waiters: dict[str, list[tuple[Task, int]]] = {}  # watched key -> (task, token)
         self.events = 0
         self.stopped = False
         starts = [self.rng.random() * cfg.start_spread_s for _ in range(cfg.nodes)]
@@ -145,6 +146,9 @@ class Simulation:
         while op.__class__ is Sleep:
             if not task.interrupt:
                 task.sleeping = True
+                until = op.until
+                if until is not None and self.cfg.store_wakes and self._await(task, until):
+                    return
                 when = self.now + op.seconds
                 heapq.heappush(self.heap, (when, next(self._seq), STEP, task, task.token, None))
                 return
@@ -195,6 +199,8 @@ class Simulation:
                 self._hold(task, token, op, self.store_down_until)
             return
         reply, size = self.store.apply(op, task.agent.index)
+        if self._waiters and is_write(op):
+            self._notify(op)
         if self.trace is not None:
             self.trace.append((now, task.agent.index, task.name, op, reply))
         if token == _ORPHAN:
@@ -215,6 +221,34 @@ class Simulation:
             self._push(give_up, STEP, task, token, StoreFailure("read timeout"))
             return
         heapq.heappush(self.heap, (now + back, next(self._seq), STEP, task, token, reply))
+
+    def _await(self, task: Task, key: str) -> bool:
+        """A watch on `key` for a sleeping task (the real agent's etcd watch): True if it
+        fired already. Only keys written once wait this way (a joiner's assignment), so a
+        value present now was written since the task's last read, which found none."""
+        value = self.store.data.get(key)
+        if value is not None:
+            self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
+            return True
+        self._waiters.setdefault(key, []).append((task, task.token))
+        return False
+
+    def _notify(self, op: Op) -> None:
+        """Wakes the tasks watching a key `op` wrote, once the event reaches them."""
+        if isinstance(op, MultiSet):
+            keys = [key for key, _ in op.items if key in self._waiters]
+        else:
+            key = getattr(op, "key", None)
+            keys = [key] if key in self._waiters else []
+        for key in keys:
+            value = self.store.data.get(key)
+            for task, token in self._waiters.pop(key):
+                if token == task.token and task.sleeping and value is not None:
+                    task.token += 1  # the sleep's own timer no longer wakes it
+                    self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
+
+    def _rtt(self) -> float:
+        return self._rtts[int(self.rng.random() * _QUANTILES)] * self.latency_factor
 
     def wake(self, task: Task, payload: Any = None) -> None:
         """Ends `task`'s sleep now (a signal or a worker exit wakes the real agent)."""

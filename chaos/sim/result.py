@@ -75,6 +75,7 @@ class SimResult:
     exits: dict[str, int] = field(default_factory=dict)
     declared_dead: int = 0
     secret: bool = False
+    store_wakes: bool = False
     forged: int = 0  # values a forge fault wrote
     rejected: int = 0  # reads that found a value failing the secret's check (all agents)
     trace: list[tuple[Any, ...]] | None = None
@@ -174,6 +175,7 @@ def _result(sim: Simulation, cfg: SimConfig, safety: str, wall: float) -> SimRes
         exits=dict(checker.exits),
         declared_dead=checker.declared_dead,
         secret=cfg.secret,
+        store_wakes=cfg.store_wakes,
         forged=sim.forged,
         rejected=sim.rejected,
         trace=sim.trace,

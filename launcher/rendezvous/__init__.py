@@ -14,10 +14,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from launcher.config import LaunchConfig
 from launcher.events import EventSink
+
+if TYPE_CHECKING:
+    from launcher.rendezvous.state.model import Assignment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +43,30 @@ class RoundInfo:
     budget_spent: bool  # the restart budget is exhausted: stop, do not start workers
     detail: str = ""  # what caused the round (the failing worker, the lost node)
     members: tuple[str, ...] = ()
+
+
+def round_info(a: Assignment) -> RoundInfo:
+    """A dynamic round's assignment (rank numbers from its closer) as the agent sees it."""
+    from launcher.rendezvous.state.model import FAILED  # only multi-node agents need it
+
+    return RoundInfo(
+        round=a.round,
+        group_rank=a.group_rank,
+        group_world_size=a.group_world_size,
+        base_global_rank=a.base_rank,
+        world_size=a.world_size,
+        base_role_rank=a.base_rank,
+        role_world_size=a.world_size,
+        master_addr=a.master_addr,
+        master_port=a.master_port,
+        use_agent_store=True,
+        restart_count=a.restart_count,
+        reason=a.reason,
+        charged=a.charged,
+        budget_spent=a.status == FAILED,
+        detail=a.detail,
+        members=a.members,
+    )
 
 
 class WorkersStore(Protocol):

@@ -21,7 +21,7 @@ from launcher.rendezvous.state import (
     is_write,
 )
 from launcher.rendezvous.state.signing import Seal, signed
-from launcher.rendezvous.store import Store
+from launcher.rendezvous.store import KeyWatch, Store
 
 T = TypeVar("T")
 
@@ -77,8 +77,7 @@ class Driver:
             op = next(gen)
             while True:
                 if isinstance(op, Sleep):
-                    self.sleep(op.seconds)
-                    reply = None
+                    reply = self.sleep(op.seconds, until=op.until)
                 else:
                     self.wrote = self.wrote or is_write(op)
                     try:
@@ -110,14 +109,35 @@ class Driver:
                 "(--rdzv-conf secret_file=PATH), which makes agents ignore such values"
             ) from err
 
-    def sleep(self, seconds: float) -> None:
-        """Sleeps; raises Interrupted at once if the interrupt fd becomes readable."""
-        if self._interrupt_fd is None:
+    def sleep(self, seconds: float, *, until: str | None = None) -> str | None:
+        """Sleeps; raises Interrupted at once if the interrupt fd becomes readable, and
+        returns early once `until` is written, where the store can watch keys: with the
+        value written, if the store said (else None)."""
+        opener = getattr(self.store, "watch", None) if until is not None else None
+        watch: KeyWatch | None = opener(until) if opener is not None else None
+        if self._interrupt_fd is None and watch is None:
             time.sleep(seconds)
-            return
-        readable, _, _ = select.select([self._interrupt_fd], [], [], seconds)
-        if readable:
-            raise Interrupted()
+            return None
+        if watch is not None and watch.value is not None:
+            watch.close()
+            return watch.value  # written between the last read and the watch
+        poller = select.poll()
+        if self._interrupt_fd is not None:
+            poller.register(self._interrupt_fd, select.POLLIN)
+        if watch is not None:
+            poller.register(watch.fileno(), select.POLLIN)
+        deadline = self._clock() + seconds
+        try:
+            while (remaining := deadline - self._clock()) > 0:
+                ready = {fd for fd, _ in poller.poll(remaining * 1000)}
+                if self._interrupt_fd in ready:
+                    raise Interrupted()
+                if watch is not None and watch.fileno() in ready and watch.fired():
+                    return watch.value
+            return None
+        finally:
+            if watch is not None:
+                watch.close()
 
     def now(self) -> float:
         return self._clock()

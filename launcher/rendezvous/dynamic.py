@@ -26,7 +26,7 @@ from launcher.errors import (
     RendezvousConnectionError,
     RendezvousTimeoutError,
 )
-from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore
+from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore, round_info
 from launcher.rendezvous.addresses import log_plan, plan_binding
 from launcher.rendezvous.backends import open_store
 from launcher.rendezvous.driver import Driver, Interrupted, first_line
@@ -34,7 +34,6 @@ from launcher.rendezvous.health import RejectReport, StoreHealth, drop_events
 from launcher.rendezvous.local import bind_listeners
 from launcher.rendezvous.side_channel import SideChannel
 from launcher.rendezvous.state import (
-    ALIVE_BEATERS,
     FAILED,
     Assignment,
     Excluded,
@@ -90,17 +89,6 @@ class DynamicRendezvous(SideChannel):
         self._config = config
         self._serve_store = serve_store
         opts = config.rdzv
-        self.params = Params(
-            run_id=config.run_id,
-            min_nodes=config.min_nodes,
-            max_nodes=config.max_nodes,
-            max_restarts=config.max_restarts,
-            join_timeout_s=opts.join_timeout_s,
-            last_call_timeout_s=opts.last_call_timeout_s,
-            keep_alive_interval_s=opts.keep_alive_interval_s,
-            keep_alive_max_attempt=opts.keep_alive_max_attempt,
-            static=config.rdzv_backend == "static",
-        )
         self.addr = config.local_addr or socket.getfqdn()
         # MASTER_ADDR when this node is group rank 0: workers of every node connect there.
         self._bind = plan_binding(
@@ -112,6 +100,19 @@ class DynamicRendezvous(SideChannel):
         sink = events or ev.NullEventSink()
         factory = open_store(config, on_drop=drop_events(sink, store="rendezvous"))
         self._store = factory()
+        self.params = Params(
+            run_id=config.run_id,
+            min_nodes=config.min_nodes,
+            max_nodes=config.max_nodes,
+            max_restarts=config.max_restarts,
+            join_timeout_s=opts.join_timeout_s,
+            last_call_timeout_s=opts.last_call_timeout_s,
+            keep_alive_interval_s=opts.keep_alive_interval_s,
+            keep_alive_max_attempt=opts.keep_alive_max_attempt,
+            static=config.rdzv_backend == "static",
+            # etcd wakes a waiting joiner when its assignment is written (etcd_watch.py)
+            store_wakes=callable(getattr(self._store, "watch", None)),
+        )
         self._hosting = bool(getattr(self._store, "hosting", False))
         rejects = RejectReport(sink, prefix=Keys(config.run_id).prefix)
         self._seal = job_seal(opts.secret_file, config.run_id, on_reject=rejects.rejected)
@@ -132,7 +133,8 @@ class DynamicRendezvous(SideChannel):
         self._news: str | None = None
         self._refused: RendezvousAccessError | None = None  # the heartbeat's, for check()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # and a pipe, to end _heartbeats' waits (_halt)
+        self._halt_r, self._halt_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # Started after the first successful join: before that there is nothing to watch,
         # and an unreachable store must give one error line, not a heartbeat warning too.
         self._hb_thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
@@ -198,42 +200,17 @@ class DynamicRendezvous(SideChannel):
         self._serve_workers_store(result, listeners)
         with self._lock:
             self.assignment = result
-            self._watch = WatchState(
-                round=result.round,
-                group_world_size=result.group_world_size,
-                watched=result.watch,
-                last_change=time.monotonic(),
-                beats_alive=result.group_rank < ALIVE_BEATERS,
-            )
+            self._watch = WatchState.of(result, now=time.monotonic())
             self._next_check = 0.0
             self._news = None
         if not self._hb_thread.is_alive() and not self._stop.is_set():
             self._hb_thread.start()
-        return RoundInfo(
-            round=result.round,
-            group_rank=result.group_rank,
-            group_world_size=result.group_world_size,
-            base_global_rank=result.base_rank,
-            world_size=result.world_size,
-            base_role_rank=result.base_rank,
-            role_world_size=result.world_size,
-            master_addr=result.master_addr,
-            master_port=result.master_port,
-            use_agent_store=True,
-            restart_count=result.restart_count,
-            reason=result.reason,
-            charged=result.charged,
-            budget_spent=result.status == FAILED,
-            detail=result.detail,
-            members=result.members,
-        )
+        return round_info(result)
 
     def check(self) -> str | None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 64):
                 pass
-        except BlockingIOError:
-            pass
         with self._lock:
             news, assignment = self._news, self.assignment
         if news == "store_unreachable":
@@ -246,7 +223,12 @@ class DynamicRendezvous(SideChannel):
             self.assignment = None
             return news
         now = self._driver.now()
-        if assignment is None or now < max(self._retry_at, self._next_check):
+        # The heartbeat thread saw the round move (or moved it): look now, not at the
+        # next check (a big job's are up to a second apart).
+        if urgent := news in ("round_moved", "node_lost"):
+            with self._lock:
+                self._news = None if self._news == news else self._news
+        if assignment is None or now < self._retry_at or (now < self._next_check and not urgent):
             return None
         every = check_interval_s(self._config.monitor_interval_s, assignment.group_world_size)
         self._next_check = now + every
@@ -284,7 +266,7 @@ class DynamicRendezvous(SideChannel):
         a = self.assignment
         if a is None:
             return
-        self._stop.set()  # this node is done: no more heartbeats or watching
+        self._halt()  # this node is done: no more heartbeats or watching
         until = self._driver.now() + EXIT_BARRIER_TIMEOUT_S
         counted = False
         while True:
@@ -322,13 +304,18 @@ class DynamicRendezvous(SideChannel):
             log.warning("could not announce this node's departure: %s", err)
 
     def shutdown(self) -> None:
-        self._stop.set()
+        self._halt()
         if self._hb_thread.is_alive():
             self._hb_thread.join(timeout=5)
         if self._server is not None:
             self._server.stop()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in (self._wake_r, self._wake_w, self._halt_r, self._halt_w):
+            os.close(fd)
+
+    def _halt(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._halt_w, b"!")
 
     # -- internals -----------------------------------------------------------------------
     def _retrying(self, step: Callable[[], Generator[Op, Feedback, T]]) -> T:
@@ -371,9 +358,23 @@ class DynamicRendezvous(SideChannel):
         return Driver(store, interrupt_fd=interrupt_fd, seal=self._seal)
 
     def _heartbeats(self) -> None:
-        driver = self._new_driver(self._hb_store)
+        driver = self._new_driver(self._hb_store, interrupt_fd=self._halt_r)
         interval = self.params.keep_alive_interval_s
-        while not self._stop.wait(interval):
+        # Between beats, where the store can say (etcd), wait on the round key too: a
+        # bump wakes the agent at once, instead of at its next check of the round. Once
+        # per beat: a watch reports writes since this thread's last read (the beat's).
+        round_key = Keys(self.params.run_id).round if self.params.store_wakes else None
+        beat_at, until = time.monotonic() + interval, round_key
+        while not self._stop.is_set():
+            try:
+                moved = driver.sleep(beat_at - time.monotonic(), until=until)
+            except Interrupted:
+                return  # _halt
+            if moved is not None:
+                self._tell("round_moved")
+                until = None
+                continue
+            beat_at, until = time.monotonic() + interval, round_key
             with self._lock:
                 watch, me = self._watch, self.node_id
             try:
@@ -389,10 +390,11 @@ class DynamicRendezvous(SideChannel):
                 news = "store_unreachable" if self._health.failed(err) is None else None
             else:
                 self._health.answered()
-            if news is not None:
-                with self._lock:
-                    if news == "declared_dead" and self.node_id != me:
-                        continue  # next_round already left that identity behind
-                    self._news = news
-                with contextlib.suppress(BlockingIOError):  # already has a wakeup pending
-                    os.write(self._wake_w, b"!")
+            if news is not None and not (news == "declared_dead" and self.node_id != me):
+                self._tell(news)  # (a dead identity next_round already left behind: not news)
+
+    def _tell(self, news: str) -> None:
+        with self._lock:
+            self._news = news
+        with contextlib.suppress(BlockingIOError):  # already has a wakeup pending
+            os.write(self._wake_w, b"!")

@@ -83,7 +83,7 @@ class StoreHealth:
             log.warning("the rendezvous store answers again after %.1f s", lasted)
 
     def back_off(
-        self, err: RendezvousConnectionError, *, answered: bool, sleep: Callable[[float], None]
+        self, err: RendezvousConnectionError, *, answered: bool, sleep: Callable[[float], object]
     ) -> None:
         """After a failed protocol step (`answered`: some of its operations were): waits
         before the next try, or raises once the store has been unreachable for the window."""

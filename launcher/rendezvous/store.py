@@ -31,6 +31,28 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class KeyWatch(Protocol):
+    """What `watch` returns: a descriptor to poll, readable when something arrived."""
+
+    def fileno(self) -> int: ...
+
+    value: str | None  # once fired by a write: the value written, where the store says
+
+    def fired(self) -> bool:
+        """After a readable poll: whether the key was written (or the watch broke)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Watching(Protocol):
+    """A store that can report a write as it happens (etcd): an optional capability."""
+
+    def watch(self, key: str) -> KeyWatch | None:
+        """A watch for writes to `key` after this thread's last reply; None: not now."""
+        ...
+
+
 class MemoryStore:
     """A thread-safe dict with the Store semantics (the `memory` backend)."""
 

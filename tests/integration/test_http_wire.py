@@ -3,13 +3,15 @@ sends (Content-Length, chunked, Connection: close) and ones it must refuse."""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from launcher.rendezvous.backends.http_wire import HttpConnection, HttpProtocolError
+from launcher.rendezvous.backends.http_wire import HttpConnection, HttpProtocolError, HttpStream
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +128,54 @@ def test_a_reply_that_never_comes_times_out(
     with pytest.raises(TimeoutError):
         conn.post("/", b"{}", {}, 0.2)
     gate.set()
+
+
+def test_a_streamed_reply_yields_its_lines_as_they_arrive_in_any_pieces() -> None:
+    # A watch's reply: chunked, never-ending, cut anywhere by TCP (a chunk-size line, a
+    # chunk, a line across two chunks). HttpStream must give whole lines, no more.
+    listener = socket.create_server(("127.0.0.1", 0))
+    pieces = [
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{"a":1}',  # head + part
+        b"\r\n1\r\n\n\r\n",  # the line's end in a chunk of its own
+        b'5\r\n{"b":',  # a line cut mid-chunk ...
+        b"\r\n3\r\n2}\n\r",  # ... ending in the next chunk, its CRLF cut too
+        b"\n",
+        b"0\r\n\r\n",  # the end of the stream
+    ]
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for piece in pieces:
+                conn.sendall(piece)
+                sent.wait(5)  # one piece per read
+                sent.clear()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conn = HttpConnection("127.0.0.1", listener.getsockname()[1], timeout=5)
+    conn.connect()
+    stream = HttpStream.open(conn, "/v3/watch", b"{}", {}, 5)
+    got: list[bytes] = []
+    try:
+        assert stream.status == 200
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLIN)
+        for _ in pieces[1:-1]:
+            sent.set()
+            assert poller.poll(5000)
+            time.sleep(0.05)  # the whole piece is in
+            got += stream.lines()
+        sent.set()  # the last chunk
+        assert poller.poll(5000)
+        time.sleep(0.05)
+        with pytest.raises(ConnectionResetError):
+            stream.lines()
+    finally:
+        stream.close()
+        sent.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert got == [b'{"a":1}', b'{"b":2}']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -55,3 +56,26 @@ def test_the_last_call_makes_a_round_imminent_in_its_last_half_second() -> None:
     assert close_imminent(P, 60, 0, min_seen_at=0.0, now=29.6)
     assert close_imminent(P, 95, 0, min_seen_at=None, now=0.0)  # round 0: max_nodes counts
     assert not close_imminent(P, 60, 0, min_seen_at=None, now=100.0)
+
+
+def test_a_joiner_polls_no_later_than_the_last_calls_final_moments() -> None:
+    pace = JoinPace(P, joined=60, now=0.0)
+    pace.observe(60, 0, min_seen_at=0.0, now=29.2)  # the last call ends at 30 s
+    assert pace.next_poll_s(60, now=29.2) == pytest.approx(30.0 - PROMPT_S - 29.2)
+    pace.observe(60, 0, min_seen_at=0.0, now=29.5)
+    assert pace.next_poll_s(60, now=29.5) == P.poll_interval_s  # then the full rate
+
+
+WOKEN = dataclasses.replace(P, store_wakes=True)
+
+
+def test_a_joiner_the_store_wakes_polls_only_as_a_fallback() -> None:
+    # Woken with its assignment, it has no reason to poll for the close: not at the full
+    # rate near the count, nor timed to a predicted close.
+    assert spread_poll_s(WOKEN, 5) == spread_poll_s(WOKEN, 100) == 1.0
+    assert not close_imminent(WOKEN, 99, 100, min_seen_at=0.0, now=1.0)
+    pace = JoinPace(WOKEN, joined=10, now=0.0)
+    pace.observe(95, 100, None, now=1.0)
+    assert pace.next_poll_s(95, now=1.0) == 1.0
+    # Only the end of a last call still needs someone to look, at the full rate.
+    assert close_imminent(WOKEN, 60, 0, min_seen_at=0.0, now=29.6)

@@ -21,8 +21,9 @@ from launcher.rendezvous.state import (
     join,
     report_failure,
 )
-from launcher.rendezvous.state.model import CompareSet, Keys, round_of
+from launcher.rendezvous.state.model import CompareSet, Keys, MultiSet, Sleep, round_of
 from launcher.rendezvous.state.protocol import wait_for_change
+from launcher.rendezvous.store import MemoryStore
 from tests.rdzv_harness import Sim, agent_loop
 
 
@@ -442,3 +443,47 @@ def _record(sim: Sim, rnd: int) -> dict[str, object]:
     value = sim.store.get("rdzv/job/round") or ""
     assert round_of(value) == rnd
     return dict(json.loads(sim.store.get(f"rdzv/job/r{rnd}/bump/{value.split(':', 1)[1]}") or "{}"))
+
+
+def _drive(store: MemoryStore, gen: object, *, woken: str | None = None) -> tuple[list, object]:
+    """Runs a step against `store`, logging its ops; a Sleep(until=...) is answered with
+    `woken` (as an etcd watch would: the value written), other sleeps with None."""
+    ops: list = []
+    reply: object = None
+    try:
+        op = gen.send(None)  # type: ignore[attr-defined]
+        while True:
+            ops.append(op)
+            if isinstance(op, Sleep):
+                reply = woken if op.until is not None else None
+            else:
+                reply = perform(store, op)
+            op = gen.send((reply, 0.0))  # type: ignore[attr-defined]
+    except StopIteration as stop:
+        return ops, stop.value
+
+
+def test_the_closer_returns_its_own_assignment_and_writes_last_with_the_others() -> None:
+    # Reading its own assignment back would queue behind every member starting its workers.
+    store = MemoryStore()
+    ops, result = _drive(store, join(params(min_nodes=1, max_nodes=1), node(0), now=0.0))
+    assert isinstance(result, Assignment) and result.group_world_size == 1
+    k = Keys("job")
+    assert isinstance(ops[-1], MultiSet)
+    assert [key for key, _ in ops[-1].items] == [k.assign(0, 0), k.last]
+    assert Assignment.from_json(store.get(k.assign(0, 0)) or "") == result
+
+
+def test_a_joiner_woken_with_its_assignment_reads_nothing_more() -> None:
+    store = MemoryStore()
+    p = params(min_nodes=2, max_nodes=2, store_wakes=True)
+    mine = Assignment(
+        round=0, group_rank=1, group_world_size=2, base_rank=2, world_size=4,
+        master_addr="10.0.0.1", master_port=1001, restart_count=0, reason="initial",
+        charged=False,
+    )  # fmt: skip
+    ops, result = _drive(store, join(p, node(0), now=0.0), woken=mine.to_json())
+    assert result == mine
+    sleeps = [op for op in ops if isinstance(op, Sleep)]
+    assert len(sleeps) == 1 and sleeps[0].until == Keys("job").assign(0, 0)
+    assert ops[-1] is sleeps[0]  # woken with it: no read after

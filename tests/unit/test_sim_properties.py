@@ -5,6 +5,7 @@ the seed and the replay command; hypothesis shrinks the schedule."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -47,13 +48,15 @@ def scenarios(draw: st.DrawFn) -> SimConfig:
         last_call_timeout_s=draw(st.sampled_from((2.0, 30.0))),
         allow=KNOWN,
         secret=secret,
+        store_wakes=draw(st.booleans()),  # etcd's watches, or c10d's polling alone
     )
 
 
 def replay(cfg: SimConfig) -> str:
     return (
         f"chaos sim --nodes {cfg.nodes} --min {cfg.min_nodes} --max {cfg.max_nodes} "
-        f"--seed {cfg.seed}{' --secret' if cfg.secret else ''} "
+        f"--seed {cfg.seed}{' --secret' if cfg.secret else ''}"
+        f"{' --store-wakes' if cfg.store_wakes else ''} "
         f"--faults '{format_faults(cfg.faults)}' --read-timeout "
         f"{cfg.read_timeout_s} --last-call {cfg.last_call_timeout_s}"
         + (f" --allow {','.join(sorted(KNOWN))}" if KNOWN else "")
@@ -181,3 +184,47 @@ def test_fixed_a_slot_taken_just_after_close_asks_for_a_scale_up() -> None:
     # Found here first, fixed in the protocol: such a joiner bumps instead of waiting.
     late = [f"crash:0@5,late:3@{8.8 + i * 0.001:.3f}" for i in range(300)]
     assert _broken(_grid(4, late, last_call_timeout_s=2.0)) == []
+
+
+def test_the_fixed_windows_stay_fixed_when_the_store_wakes_joiners() -> None:
+    # etcd's path: joiners sleep on a watch of their assignment (Sleep.until), so every
+    # join above happens at other times; the windows those tests aim at must hold here too.
+    grids = [
+        _grid(5, [f"crash:0/1@5,partition:3@{t}+6" for t in (10, 12, 15)], store_wakes=True),
+        _grid(
+            3,
+            [f"crash:0@{0.01 + i * 0.0004:.4f}" for i in range(75)],
+            max_nodes=2,
+            start_spread_s=0.1,
+            store_wakes=True,
+        ),
+        _grid(
+            6,
+            [f"drop:0.05@2.3+5.3,crash:0@{1.0 + i * 0.2:.1f}" for i in range(20)],
+            min_nodes=1,
+            max_nodes=5,
+            read_timeout_s=5.0,
+            last_call_timeout_s=2.0,
+            store_wakes=True,
+        ),
+        _grid(
+            4,
+            [f"crash:0@5,late:3@{8.8 + i * 0.003:.3f}" for i in range(100)],
+            last_call_timeout_s=2.0,
+            store_wakes=True,
+        ),
+    ]
+    assert [bad for configs in grids for bad in _broken(configs)] == []
+
+
+def test_a_store_that_wakes_joiners_reforms_sooner_with_fewer_reads() -> None:
+    # 200 nodes lose one: woken by their assignments, the joiners neither poll for the
+    # close nor learn of it up to a poll interval late.
+    polled, woken = (
+        simulate(_grid(200, ["crash:50@5"], min_nodes=100, store_wakes=w)[0]) for w in (False, True)
+    )
+    assert polled.ok and woken.ok
+    assert [r.size for r in woken.rounds] == [r.size for r in polled.rounds] == [200, 199]
+    took = [(r.rounds[1].completed_s or math.inf) - r.rounds[1].started_s for r in (polled, woken)]
+    assert took[1] < took[0] / 2
+    assert woken.rounds[1].ops_per_node < polled.rounds[1].ops_per_node * 0.75

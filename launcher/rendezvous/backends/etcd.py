@@ -46,6 +46,7 @@ from launcher.rendezvous.backends.etcd_transport import (
     Credentials,
     tls_refusal,
 )
+from launcher.rendezvous.backends.etcd_watch import KeptWatches, KeyWatch
 from launcher.rendezvous.backends.etcd_wire import (
     Json,
     _b64,
@@ -56,6 +57,7 @@ from launcher.rendezvous.backends.etcd_wire import (
     _one_line,
     _token_rejected,
     first_kv,
+    revision_of,
 )
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class EtcdStore:
         self._preferred = 0  # index of the member that answered last
         self._markers = f"_adds/{_token_hex()}/"  # this client's add markers (keys)
         self._added = False
+        self._seen = threading.local()  # .revision: the store's, as of this thread's last reply
+        self._watches = KeptWatches()
 
     def get(self, key: str) -> str | None:
         return _value(self._request("/v3/kv/range", {"key": self._key(key)}))
@@ -191,6 +195,32 @@ class EtcdStore:
                 return total  # an earlier copy of this very txn was applied (lost reply)
             kv = first_kv(responses[0]["response_range"])
 
+    def watch(self, key: str) -> KeyWatch | None:
+        """A watch that fires once `key` is written after this thread's last reply (see
+        etcd_watch.py); None if none could be opened now: the caller then just sleeps."""
+        kept = self._watches.take(self._key(key))
+        if kept is not None:
+            return kept  # open since before the last read: it reports any write since
+        after, headers = getattr(self._seen, "revision", 0), {"Content-Type": "application/json"}
+        try:
+            if self._credentials is not None:
+                deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+                headers["Authorization"] = self._token(self._credentials, deadline)
+            context = self._tls.context if self._tls is not None else None
+            address = self.endpoints[self._preferred]
+            watch = KeyWatch.open(address, self._key(key), headers, _CONNECT_TIMEOUT_S, context)
+            # From now on, not from `after`: etcd serves a watch that starts in the past
+            # from a catch-up loop that runs every 100 ms, and under load much later; one
+            # read covers the gap instead.
+            reply = self._request("/v3/kv/range", {"key": self._key(key)}, timeout_s=1.0)
+        except (OSError, RendezvousError) as err:
+            log.debug("etcd: no watch on %s: %s", key, err)
+            return None
+        kv = first_kv(reply)
+        if kv is not None and int(kv.get("mod_revision", 0)) > after:
+            watch.value = visible(kv)  # written since the last read: fired already
+        return self._watches.lend(watch)
+
     def close(self) -> None:
         """Removes this client's add markers (best effort: a crashed client leaves them) and
         closes its connections."""
@@ -203,6 +233,7 @@ class EtcdStore:
         except RendezvousError as err:
             log.warning("etcd: could not remove add markers under %s: %s", self._markers, err)
         finally:
+            self._watches.close()
             self._connections.close()
 
     def _key(self, key: str) -> str:
@@ -244,6 +275,7 @@ class EtcdStore:
                     continue
                 if status == 200:
                     self._preferred = index
+                    self._seen.revision = revision_of(reply)
                     return reply
                 if status in (502, 503, 504) or reply.get("code") in _RETRY_CODES:
                     last_error = f"{url}: HTTP {status}: {_message(reply)}"

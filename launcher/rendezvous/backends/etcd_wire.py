@@ -98,3 +98,11 @@ def _decode(data: bytes) -> Json:
     if isinstance(reply, dict):
         return reply
     return {"message": data[:200].decode(errors="replace")}
+
+
+def revision_of(reply: Json) -> int:
+    """The store's revision as of a reply (its header's), 0 if it has none."""
+    try:
+        return int(reply.get("header", {}).get("revision", 0))
+    except (TypeError, ValueError, AttributeError):
+        return 0

@@ -7,11 +7,14 @@ starting on one small machine that is a second before the first round can form, 
 per-reply header parsing is CPU on every store request besides.
 
 The replies etcd's gateway sends: a status line, headers, and a body framed by
-Content-Length or chunked; `Connection: close` ends the connection after the reply.
+Content-Length or chunked; `Connection: close` ends the connection after the reply. A watch's
+reply never ends: `HttpStream` reads its chunks as they come, without blocking, so that a
+caller can wait for one with poll() beside other descriptors.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -50,11 +53,8 @@ class HttpConnection:
             raise
         self.sock, self._reader = sock, sock.makefile("rb")
 
-    def post(
-        self, path: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> tuple[int, bytes]:
-        """Sends the request and reads the whole reply: (status, body)."""
-        if self.sock is None or self._reader is None:
+    def send(self, path: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
+        if self.sock is None:
             raise ConnectionResetError("the connection is closed")
         self.sock.settimeout(timeout)
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -62,6 +62,14 @@ class HttpConnection:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        """Sends the request and reads the whole reply: (status, body)."""
+        if self._reader is None:
+            raise ConnectionResetError("the connection is closed")
+        self.send(path, body, headers, timeout)
         status, fields = _read_head(self._reader)
         data = _read_body(self._reader, fields)
         if fields.get("connection", "").lower() == "close":
@@ -135,3 +143,95 @@ def _exactly(reader: BinaryIO, size: int) -> bytes:
     if len(data) != size:
         raise ConnectionResetError("the server closed the connection mid-reply")
     return data
+
+
+class HttpStream:
+    """The reply to one POST whose chunked body runs on (an etcd watch), read as it arrives.
+
+    `fileno()` is the socket's, for poll(); `lines()` takes whatever has arrived without
+    blocking and returns the complete newline-ended lines of the body so far (the gateway
+    sends one JSON message per line). The head is read when the stream opens.
+    """
+
+    def __init__(self, conn: HttpConnection, status: int, rest: bytes) -> None:
+        self._conn, self.status = conn, status
+        self._raw = bytearray(rest)  # chunked framing not yet taken apart
+        self._body = bytearray()  # body bytes short of a whole line
+
+    @classmethod
+    def open(
+        cls, conn: HttpConnection, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> HttpStream:
+        """Sends the request on a fresh connection (not its makefile reader: bytes buffered
+        there would be invisible to poll) and reads the head, within `timeout`."""
+        conn.send(path, body, headers, timeout)
+        sock = conn.sock
+        assert sock is not None
+        head = bytearray()
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the server closed the connection without a reply")
+            head += data
+            if len(head) > _MAX_LINE:
+                raise HttpProtocolError("the reply's head is too long")
+        text, _, rest = bytes(head).partition(b"\r\n\r\n")
+        reader = io.BytesIO(text + b"\r\n\r\n")
+        status, fields = _read_head(reader)
+        if status == 200 and "chunked" not in fields.get("transfer-encoding", "").lower():
+            raise HttpProtocolError("a streamed reply that is not chunked")
+        sock.setblocking(False)
+        return cls(conn, status, rest)
+
+    def fileno(self) -> int:
+        sock = self._conn.sock
+        return -1 if sock is None else sock.fileno()
+
+    def lines(self) -> list[bytes]:
+        """The lines completed since the last call; ConnectionResetError once the server
+        has ended the stream."""
+        sock = self._conn.sock
+        if sock is None:
+            raise ConnectionResetError("the stream is closed")
+        ended = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError as err:
+                # Nothing more for now (TLS: not a whole record yet).
+                if isinstance(err, BlockingIOError) or type(err).__name__ == "SSLWantReadError":
+                    break
+                raise
+            if not data:
+                ended = True
+                break
+            self._raw += data
+        ended = self._dechunk() or ended
+        *done, partial = bytes(self._body).split(b"\n")
+        self._body = bytearray(partial)
+        if ended and not done:
+            raise ConnectionResetError("the server ended the stream")
+        return [line for line in done if line.strip()]
+
+    def _dechunk(self) -> bool:
+        """Moves every whole chunk from the framing buffer to the body; True at the last."""
+        while True:
+            end = self._raw.find(b"\r\n")
+            if end < 0:
+                if len(self._raw) > _MAX_LINE:
+                    raise HttpProtocolError("a chunk-size line is too long")
+                return False
+            size_text = bytes(self._raw[:end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise HttpProtocolError(f"a bad chunk size: {size_text[:20]!r}") from None
+            if size == 0:
+                return True
+            if len(self._raw) < end + 2 + size + 2:
+                return False
+            self._body += self._raw[end + 2 : end + 2 + size]
+            del self._raw[: end + 2 + size + 2]
+
+    def close(self) -> None:
+        self._conn.close()

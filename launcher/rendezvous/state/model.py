@@ -98,9 +98,14 @@ class Add:
 
 @dataclass(frozen=True)
 class Sleep:
-    """Reply: None. The driver may return early (a signal, a store notification)."""
+    """Reply: None, or with `until` the value written to that key, where the store can
+    tell. The driver may return early: on a signal, and with `until` once that key is
+    written after the step's last read (etcd's watches), then with the value written if it
+    knows it. Waking early is only a hint: a step that is woken without a value reads again,
+    so a driver that always sleeps it out is correct, only slower to notice."""
 
     seconds: float
+    until: str | None = None
 
 
 Op = Get | MultiGet | Set | MultiSet | CompareSet | Add | Sleep
@@ -134,6 +139,9 @@ class Params:
     assign_timeout_s: float = 10.0
     keep_alive_interval_s: float = 1.0
     keep_alive_max_attempt: int = 3
+    # The driver ends a Sleep(until=key) when the key is written: a joiner learns of its
+    # assignment that way and need not poll at the full rate to learn it soon.
+    store_wakes: bool = False
     # static rendezvous: fixed group ranks from --node-rank, no elasticity
     static: bool = False
 

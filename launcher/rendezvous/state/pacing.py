@@ -13,6 +13,13 @@ second late competes for CPU with every peer already starting its workers (at 10
 - Prompt: once the count is within a tenth of it, or the last call ends within PROMPT_S, the
   joiner polls at the full rate, for at most PROMPT_S (a bounded burst, should the last
   joiners never come).
+- Woken: where the store wakes a joiner when its assignment is written (`store_wakes`:
+  etcd's watches), a joiner polls only as a fallback (every _MAX_POLL_S: for a round that
+  moved on while it formed): the last joiner sees its own count and closes, and everyone
+  else is woken by the assignments, with them. A poll is worse than useless then: one that
+  falls just before the assignments are written is answered after every member that was
+  woken has started its workers (at 100 agents on 2 cores, 2 s later). Only the end of a
+  last call still calls for the full rate (someone must look to close then).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ PROMPT_S = 0.5  # also: how long a joiner polls its assignment at the full rate 
 
 def spread_poll_s(p: Params, pollers: int) -> float:
     """How long each of `pollers` nodes polling the same keys sleeps between looks."""
+    if p.store_wakes:
+        return _MAX_POLL_S  # a fallback only (see the module's doc)
     if pollers <= _FULL_RATE_POLLERS:
         return p.poll_interval_s
     spread = p.poll_interval_s * pollers / _FULL_RATE_POLLERS
@@ -38,7 +47,7 @@ def close_imminent(
 ) -> bool:
     """Whether a round the close decision keeps open will likely close within moments."""
     target = _target(p, expected)
-    if joined >= target - max(1, int(target * _IMMINENT_FRACTION)):
+    if not p.store_wakes and joined >= target - max(1, int(target * _IMMINENT_FRACTION)):
         return True
     return (
         not p.static
@@ -72,9 +81,12 @@ class JoinPace:
         self._target = p.max_nodes
         self._prompt_since: float | None = None
         self._timed = False  # the last sleep ended at a predicted close
+        self._prompt_at = float("inf")  # when the last call's final PROMPT_S begins
 
     def observe(self, joined: int, expected: int, min_seen_at: float | None, now: float) -> None:
         self._target = _target(self._p, expected)
+        if min_seen_at is not None and not self._p.static:
+            self._prompt_at = min_seen_at + self._p.last_call_timeout_s - PROMPT_S
         if self._prompt_since is None and close_imminent(
             self._p, joined, expected, min_seen_at, now
         ):
@@ -84,11 +96,12 @@ class JoinPace:
         p = self._p
         if self._prompt_since is not None and now - self._prompt_since < PROMPT_S:
             return p.poll_interval_s
-        nap = spread_poll_s(p, joined)
+        # Not past the start of the last call's final moments, whatever the spread.
+        nap = min(spread_poll_s(p, joined), max(self._prompt_at - now, 0.0))
         # A predicted close that did not come is not predicted again at once: a wrong
         # prediction costs one read, not a poll at the full rate until the close.
-        eta = (
-            float("inf") if self._timed else until_target_s(joined, self._target, self._since, now)
-        )
+        # Woken joiners need no read timed to the close either (see the module's doc).
+        timed = self._timed or p.store_wakes
+        eta = float("inf") if timed else until_target_s(joined, self._target, self._since, now)
         self._timed = eta < nap
         return max(p.poll_interval_s, min(nap, eta))

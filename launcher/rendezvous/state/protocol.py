@@ -128,7 +128,11 @@ def _join_round(
             decision = json.dumps({"size": size, "closer": me.node_id})
             closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
             if closed == decision:
-                yield from _close_round(p, rnd, decision)
+                # The closer knows its own assignment: reading it back would wait behind
+                # every member starting its workers.
+                mine = yield from _close_round(p, rnd, decision, slot)
+                if mine is not None:
+                    return _assigned(mine, rnd)
             break
         if now >= deadline:
             raise RendezvousTimeout(
@@ -138,7 +142,10 @@ def _join_round(
                 needed=p.min_nodes,
             )
         pace.observe(joined, hint + lowered, min_seen_at, now)
-        yield Sleep(pace.next_poll_s(joined, now))
+        # Woken (where the store can) by the closer's write of our assignment, with it.
+        mine, now = yield Sleep(pace.next_poll_s(joined, now), until=looks[-1])
+        if mine is not None:
+            return _assigned(mine, rnd)
     size = int(json.loads(closed)["size"])
     if slot >= size:
         # Took a slot just after the round closed. With room left, ask for a new round at
@@ -164,9 +171,13 @@ def _join_round(
                 yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
             return None
         # The closer publishes the assignments right after closing: worth the full rate for
-        # a moment; after that it may be gone (see give_up), and the spread rate will do.
-        prompt = now - closed_at < PROMPT_S
-        yield Sleep(p.poll_interval_s if prompt else spread_poll_s(p, size))
+        # a moment (unless the store wakes us when it does); after that it may be gone (see
+        # give_up), and the spread rate will do.
+        prompt = now - closed_at < PROMPT_S and not p.store_wakes
+        nap = p.poll_interval_s if prompt else spread_poll_s(p, size)
+        raw, now = yield Sleep(nap, until=k.assign(rnd, slot))
+        if raw is not None:
+            return _assigned(raw, rnd)
 
 
 def _assigned(raw: str, rnd: int) -> Assignment | Excluded:
@@ -197,8 +208,11 @@ def members_of(closed: str) -> int:
     return int(decision.get("members", decision["size"]))
 
 
-def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, None]:
-    """The closer's O(N) work, once per round: order members, assign ranks, publish."""
+def _close_round(
+    p: Params, rnd: int, decision: str, own_slot: int
+) -> Generator[Op, Feedback, str | None]:
+    """The closer's O(N) work, once per round: order members, assign ranks, publish.
+    Returns what it wrote for its own slot (None: it published no assignments)."""
     k = Keys(p.run_id)
     size = int(json.loads(decision)["size"])
     keys = tuple(k.node(rnd, slot) for slot in range(size))
@@ -208,14 +222,14 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
     while any(raw is None for raw in raws) and now < give_up:
         yield Sleep(p.poll_interval_s)
         if (yield from _current(p, rnd)) is None:
-            return
+            return None
         raws, now = yield MultiGet(keys)
     current = yield from _current(p, rnd)
     if current is None:
         # The joiners gave this round up while we waited (their own assign timeout, or
         # the one whose descriptor is missing rejoined): publishing it now would hand out
         # a round nobody else is in.
-        return
+        return None
     described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
     # A slot with no descriptor after assign_timeout: its joiner died (or is cut off)
     # between taking the slot and describing itself. The round forms without it; if it
@@ -243,7 +257,7 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
             detail = ",".join(n.node_id for _, n in excluded)
             closer = str(json.loads(decision)["closer"])
             yield from bump(p, cur, reason=reason, by=closer, expected=len(nodes), detail=detail)
-        return
+        return dict(items).get(k.assign(rnd, own_slot))
     if len(nodes) < size:
         # Newcomers must see the room left (they compare the member count with MAX). First
         # in the batch, so whoever sees an assignment or an exclusion sees this too.
@@ -295,14 +309,17 @@ def _close_round(p: Params, rnd: int, decision: str) -> Generator[Op, Feedback, 
         )
         items.append((k.assign(rnd, slot), assignment.to_json()))
         base += node.nproc
-    yield MultiSet(tuple(items))
     last_now = {
         "round": rnd,
         "size": len(ordered),
         "restart_count": restart_count,
         "members": list(members),
     }
-    yield Set(k.last, json.dumps(last_now, sort_keys=True))
+    # `last` after the assignments (a reader of `last` may assume them published), in the
+    # same batch: one round trip less for the closer, whose own workers wait on it.
+    items.append((k.last, json.dumps(last_now, sort_keys=True)))
+    yield MultiSet(tuple(items))
+    return dict(items).get(k.assign(rnd, own_slot))
 
 
 def _current(p: Params, rnd: int) -> Generator[Op, Feedback, str | None]:

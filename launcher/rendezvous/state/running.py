@@ -209,6 +209,17 @@ class WatchState:
     quiet_looks: int = 0  # looks since the counter last changed
     beats_alive: bool = True  # this member bumps the round's `alive` (see ALIVE_BEATERS)
 
+    @classmethod
+    def of(cls, a: Assignment, *, now: float) -> WatchState:
+        """What a member of the round `a` assigns watches, as of `now`."""
+        return cls(
+            round=a.round,
+            group_world_size=a.group_world_size,
+            watched=a.watch,
+            last_change=now,
+            beats_alive=a.group_rank < ALIVE_BEATERS,
+        )
+
 
 def heartbeat(
     p: Params, me: str, watch: WatchState | None, *, now: float

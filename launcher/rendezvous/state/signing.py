@@ -27,7 +27,16 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from launcher.rendezvous.state.model import CompareSet, Get, MultiGet, MultiSet, Op, Set, is_counter
+from launcher.rendezvous.state.model import (
+    CompareSet,
+    Get,
+    MultiGet,
+    MultiSet,
+    Op,
+    Set,
+    Sleep,
+    is_counter,
+)
 
 T = TypeVar("T")
 
@@ -135,6 +144,9 @@ def _perform(op: Op, seal: Seal) -> Generator[Op, Any, Any]:
         return tuple(seal.read(k, r) for k, r in zip(op.keys, raws, strict=True)), now
     if isinstance(op, CompareSet):
         return (yield from _compare_set(op, seal))
+    if isinstance(op, Sleep) and op.until is not None:
+        raw, now = yield op  # the value that woke it, if the store said: as if read
+        return seal.read(op.until, raw), now
     return (yield op)  # Add, Sleep: nothing to seal
 
 
