@@ -75,7 +75,10 @@ def test_a_joiner_the_store_wakes_polls_only_as_a_fallback() -> None:
     assert spread_poll_s(WOKEN, 5) == spread_poll_s(WOKEN, 100) == 1.0
     assert not close_imminent(WOKEN, 99, 100, min_seen_at=0.0, now=1.0)
     pace = JoinPace(WOKEN, joined=10, now=0.0)
-    pace.observe(95, 100, None, now=1.0)
-    assert pace.next_poll_s(95, now=1.0) == 1.0
+    pace.observe(40, 100, None, now=1.0)  # 60 more at 30/s: a close 2 s away
+    assert pace.next_poll_s(40, now=1.0) == 1.0
+    # A close due within the nap: the fallback poll comes a nap after it, not around it.
+    pace.observe(95, 100, None, now=1.0)  # 5 more at 85/s
+    assert pace.next_poll_s(95, now=1.0) == pytest.approx(1.0 + 5 / 85)
     # Only the end of a last call still needs someone to look, at the full rate.
     assert close_imminent(WOKEN, 60, 0, min_seen_at=0.0, now=29.6)

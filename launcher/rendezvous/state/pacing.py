@@ -18,8 +18,9 @@ second late competes for CPU with every peer already starting its workers (at 10
   moved on while it formed): the last joiner sees its own count and closes, and everyone
   else is woken by the assignments, with them. A poll is worse than useless then: one that
   falls just before the assignments are written is answered after every member that was
-  woken has started its workers (at 100 agents on 2 cores, 2 s later). Only the end of a
-  last call still calls for the full rate (someone must look to close then).
+  woken has started its workers (at 100 agents on 2 cores, 2 s later). So a fallback poll
+  that would fall around the predicted close comes a nap after it instead. Only the end
+  of a last call still calls for the full rate (someone must look to close then).
 """
 
 from __future__ import annotations
@@ -97,11 +98,19 @@ class JoinPace:
         if self._prompt_since is not None and now - self._prompt_since < PROMPT_S:
             return p.poll_interval_s
         # Not past the start of the last call's final moments, whatever the spread.
-        nap = min(spread_poll_s(p, joined), max(self._prompt_at - now, 0.0))
+        until_prompt = max(self._prompt_at - now, 0.0)
+        nap = spread_poll_s(p, joined)
+        if p.store_wakes:
+            # A fallback poll due around the predicted close waits a nap longer: woken by
+            # its assignment, the joiner needs no read then (see the module's doc).
+            eta = until_target_s(joined, self._target, self._since, now)
+            nap = nap + eta if eta < nap else nap
+            return max(p.poll_interval_s, min(nap, until_prompt))
+        nap = min(nap, until_prompt)
         # A predicted close that did not come is not predicted again at once: a wrong
         # prediction costs one read, not a poll at the full rate until the close.
-        # Woken joiners need no read timed to the close either (see the module's doc).
-        timed = self._timed or p.store_wakes
-        eta = float("inf") if timed else until_target_s(joined, self._target, self._since, now)
+        eta = (
+            float("inf") if self._timed else until_target_s(joined, self._target, self._since, now)
+        )
         self._timed = eta < nap
         return max(p.poll_interval_s, min(nap, eta))
