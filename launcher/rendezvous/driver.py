@@ -113,10 +113,11 @@ class Driver:
         """Sleeps; raises Interrupted at once if the interrupt fd becomes readable, and
         returns early once `until` is written, where the store can watch keys: with the
         value written, if the store said (else None)."""
+        deadline = self._clock() + seconds  # opening the watch is part of the sleep
         opener = getattr(self.store, "watch", None) if until is not None else None
-        watch: KeyWatch | None = opener(until) if opener is not None else None
+        watch: KeyWatch | None = opener(until, seconds) if opener is not None else None
         if self._interrupt_fd is None and watch is None:
-            time.sleep(seconds)
+            time.sleep(max(deadline - self._clock(), 0.0))
             return None
         if watch is not None and watch.value is not None:
             watch.close()
@@ -126,7 +127,6 @@ class Driver:
             poller.register(self._interrupt_fd, select.POLLIN)
         if watch is not None:
             poller.register(watch.fileno(), select.POLLIN)
-        deadline = self._clock() + seconds
         try:
             while (remaining := deadline - self._clock()) > 0:
                 ready = {fd for fd, _ in poller.poll(remaining * 1000)}

@@ -48,8 +48,9 @@ class KeyWatch(Protocol):
 class Watching(Protocol):
     """A store that can report a write as it happens (etcd): an optional capability."""
 
-    def watch(self, key: str) -> KeyWatch | None:
-        """A watch for writes to `key` after this thread's last reply; None: not now."""
+    def watch(self, key: str, within_s: float) -> KeyWatch | None:
+        """A watch for writes to `key` after this thread's last reply, opened within
+        `within_s`; None: not now."""
         ...
 
 

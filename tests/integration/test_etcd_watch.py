@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 import uuid
@@ -188,3 +189,16 @@ def test_the_heartbeat_thread_wakes_the_agent_when_the_round_moves(
         other.close()
         for fd in signals:
             os.close(fd)
+
+
+def test_a_member_that_never_answers_does_not_lengthen_the_sleep(prefix: str) -> None:
+    # (The heartbeat thread sleeps this way between beats: a late beat may cost the node.)
+    silent = socket.create_server(("127.0.0.1", 0))  # connects, never answers
+    store = EtcdStore([silent.getsockname()[:2]], prefix=prefix, timeout_s=1)
+    try:
+        began = time.monotonic()
+        assert Driver(store).sleep(0.3, until="round") is None
+        assert time.monotonic() - began < 1.0
+    finally:
+        store.close()
+        silent.close()

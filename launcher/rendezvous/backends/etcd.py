@@ -69,6 +69,7 @@ _CONNECT_TIMEOUT_S = 2.0  # a member that does not accept a connection in 2 s is
 _REPLY_TIMEOUT_S = 2.0
 _REPLY_TIMEOUT_MAX_S = 16.0
 _BACKOFF_MAX_S = 1.0
+_WATCH_S = 5.0  # at most, to open a watch and read (never more than the sleep it is in)
 # gRPC codes worth trying on another member: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 # UNAVAILABLE (no leader, leader changed, request timed out, member stopping).
 _RETRY_CODES = frozenset({4, 8, 14})
@@ -195,26 +196,29 @@ class EtcdStore:
                 return total  # an earlier copy of this very txn was applied (lost reply)
             kv = first_kv(responses[0]["response_range"])
 
-    def watch(self, key: str) -> KeyWatch | None:
+    def watch(self, key: str, within_s: float) -> KeyWatch | None:
         """A watch that fires once `key` is written after this thread's last reply (see
-        etcd_watch.py); None if none could be opened now: the caller then just sleeps."""
+        etcd_watch.py), opened within `within_s`; None if not: the caller just sleeps."""
         kept = self._watches.take(self._key(key))
         if kept is not None:
             return kept  # open since before the last read: it reports any write since
         after, headers = getattr(self._seen, "revision", 0), {"Content-Type": "application/json"}
+        deadline = time.monotonic() + min(within_s, _WATCH_S)
+        watch: KeyWatch | None = None
         try:
             if self._credentials is not None:
-                deadline = time.monotonic() + _CONNECT_TIMEOUT_S
                 headers["Authorization"] = self._token(self._credentials, deadline)
             context = self._tls.context if self._tls is not None else None
-            address = self.endpoints[self._preferred]
-            watch = KeyWatch.open(address, self._key(key), headers, _CONNECT_TIMEOUT_S, context)
-            # From now on, not from `after`: etcd serves a watch that starts in the past
-            # from a catch-up loop that runs every 100 ms, and under load much later; one
-            # read covers the gap instead.
-            reply = self._request("/v3/kv/range", {"key": self._key(key)}, timeout_s=1.0)
-        except (OSError, RendezvousError) as err:
+            address, k = self.endpoints[self._preferred], self._key(key)
+            watch = KeyWatch.open(address, k, headers, deadline - time.monotonic(), context)
+            # From now, not `after`: etcd serves a watch from the past in a catch-up loop
+            # (every 100 ms, under load much later); one read covers the gap instead.
+            left = deadline - time.monotonic()
+            reply = self._request("/v3/kv/range", {"key": k}, timeout_s=max(left, 0.001))
+        except (OSError, ValueError, RendezvousError) as err:
             log.debug("etcd: no watch on %s: %s", key, err)
+            if watch is not None:
+                watch.close()
             return None
         kv = first_kv(reply)
         if kv is not None and int(kv.get("mod_revision", 0)) > after:
