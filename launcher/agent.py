@@ -250,14 +250,16 @@ class Agent:
             elif not self.group.running:
                 return SUCCEEDED
             timeout = max(0.0, min(next_check, next_poll, grace_end) - time.monotonic())
-            self.group.wait(timeout)
+            woke = self.group.wait(timeout)
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + self.watch.interval_s
                 self._incident = self.watch.poll(now)
                 if self._incident is not None:
                     return HUNG
-            if now >= next_check:
+            # Woken (the rendezvous's pipe: the round moved), look now: check() itself
+            # reads the store only when due or told to.
+            if now >= next_check or woke:
                 next_check = now + cfg.monitor_interval_s
                 reason = self._rendezvous.check() if self._rendezvous is not None else None
                 if reason is not None:

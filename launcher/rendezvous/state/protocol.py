@@ -130,7 +130,7 @@ def _join_round(
             if closed == decision:
                 # The closer knows its own assignment: reading it back would wait behind
                 # every member starting its workers.
-                mine = yield from _close_round(p, rnd, decision, slot)
+                mine = yield from _close_round(p, rnd, decision, slot, bumped)
                 if mine is not None:
                     return _assigned(mine, rnd)
             break
@@ -209,10 +209,11 @@ def members_of(closed: str) -> int:
 
 
 def _close_round(
-    p: Params, rnd: int, decision: str, own_slot: int
+    p: Params, rnd: int, decision: str, own_slot: int, bumped: dict[str, Any] | None
 ) -> Generator[Op, Feedback, str | None]:
     """The closer's O(N) work, once per round: order members, assign ranks, publish.
-    Returns what it wrote for its own slot (None: it published no assignments)."""
+    `bumped`: the round's bump record, as the closer read it when it joined. Returns
+    what it wrote for its own slot (None: it published no assignments)."""
     k = Keys(p.run_id)
     size = int(json.loads(decision)["size"])
     keys = tuple(k.node(rnd, slot) for slot in range(size))
@@ -224,13 +225,16 @@ def _close_round(
         if (yield from _current(p, rnd)) is None:
             return None
         raws, now = yield MultiGet(keys)
-    current = yield from _current(p, rnd)
-    if current is None:
+    described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
+    # One read for the rest: the round (still this one?), the last round, and the marks
+    # of candidates declared dead (below).
+    dead_keys = tuple(k.dead(n.node_id) for _, n in described)
+    (cur, last_raw, *marks), now = yield MultiGet((k.round, k.last, *dead_keys))
+    if round_of(cur) != rnd:
         # The joiners gave this round up while we waited (their own assign timeout, or
         # the one whose descriptor is missing rejoined): publishing it now would hand out
         # a round nobody else is in.
         return None
-    described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
     # A slot with no descriptor after assign_timeout: its joiner died (or is cut off)
     # between taking the slot and describing itself. The round forms without it; if it
     # ever writes the descriptor it reads `excluded` and rejoins as a new node.
@@ -238,9 +242,6 @@ def _close_round(
     # A joiner declared dead (its heartbeat stopped, or it left) while the round formed
     # must not be in it. These reads come after the close, so every declaration made
     # before the close is seen; one declared later is found by its heartbeat as usual.
-    marks: tuple[str | None, ...] = ()
-    if described:
-        marks, now = yield MultiGet(tuple(k.dead(n.node_id) for _, n in described))
     nodes = [item for item, mark in zip(described, marks, strict=True) if mark is None]
     excluded = [item for item, mark in zip(described, marks, strict=True) if mark is not None]
     # Each excluded node reads this instead of an assignment and rejoins as a new one.
@@ -266,10 +267,8 @@ def _close_round(
         if missing:
             update.update(missing=missing)
         items.insert(0, (k.r(rnd, "close"), json.dumps(update, sort_keys=True)))
-    record = bump_key(p, current)
-    raws, now = yield MultiGet((k.last,) + ((record,) if record else ()))
-    last = json.loads(raws[0]) if raws[0] is not None else None
-    bumped = (parse_bump(raws[1]) if record else None) or {"reason": INITIAL, "detail": ""}
+    last = json.loads(last_raw) if last_raw is not None else None
+    bumped = bumped or {"reason": INITIAL, "detail": ""}
     reason, detail = str(bumped["reason"]), str(bumped.get("detail", ""))
     ordered = order_members(p, nodes, last_round=last["round"] if last else None)
     returning = sum(1 for _, n in nodes if last is not None and n.prev_round == last["round"])
