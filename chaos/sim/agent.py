@@ -87,6 +87,7 @@ class Task:
         "sent_at",
         "sleeping",
         "token",
+        "until",
         "wrote",
     )
 
@@ -94,6 +95,7 @@ class Task:
         self.agent, self.name, self.gen = agent, name, gen
         self.token = 0  # bumped to cancel whatever is scheduled for this task
         self.sleeping = False
+        self.until: str | None = None  # the key its sleep watches (Sleep.until), if any
         self.interrupt = False  # throw Interrupted at the next Sleep
         self.sent_at = 0.0
         self.rtt = 0.0

@@ -145,7 +145,7 @@ class Simulation:
     def _dispatch(self, task: Task, op: Op) -> None:
         while op.__class__ is Sleep:
             if not task.interrupt:
-                task.sleeping = True
+                task.sleeping, task.until = True, op.until
                 until = op.until
                 if until is not None and self.cfg.store_wakes and self._await(task, until):
                     return
@@ -225,7 +225,9 @@ class Simulation:
     def _await(self, task: Task, key: str) -> bool:
         """A watch on `key` for a sleeping task (the real agent's etcd watch): True if it
         fired already. Only keys written once wait this way (a joiner's assignment), so a
-        value present now was written since the task's last read, which found none."""
+        value present now was written since the task's last read, which found none. The
+        watch stays for the task's later sleeps on the same key (a 0 s Sleep starts it),
+        as the real store keeps a watch that did not fire."""
         value = self.store.data.get(key)
         if value is not None:
             self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
@@ -243,7 +245,7 @@ class Simulation:
         for key in keys:
             value = self.store.data.get(key)
             for task, token in self._waiters.pop(key):
-                if token == task.token and task.sleeping and value is not None:
+                if token == task.token and task.sleeping and task.until == key and value:
                     task.token += 1  # the sleep's own timer no longer wakes it
                     self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
 

@@ -24,6 +24,7 @@ from launcher.rendezvous.state.signing import Seal, signed
 from launcher.rendezvous.store import KeyWatch, Store
 
 T = TypeVar("T")
+_START_WATCH_S = 1.0  # how long a watch started ahead of a sleep (Sleep(0, until)) may take
 
 
 class Interrupted(Exception):
@@ -115,6 +116,12 @@ class Driver:
         value written, if the store said (else None)."""
         deadline = self._clock() + seconds  # opening the watch is part of the sleep
         opener = getattr(self.store, "watch", None) if until is not None else None
+        if opener is not None and seconds <= 0:  # only start watching (see Sleep)
+            started: KeyWatch | None = opener(until, _START_WATCH_S)
+            value = started.value if started is not None else None
+            if started is not None:
+                started.close()  # kept by the store for this thread's next sleep on it
+            return value
         watch: KeyWatch | None = opener(until, seconds) if opener is not None else None
         if self._interrupt_fd is None and watch is None:
             time.sleep(max(deadline - self._clock(), 0.0))

@@ -102,7 +102,8 @@ class Sleep:
     tell. The driver may return early: on a signal, and with `until` once that key is
     written after the step's last read (etcd's watches), then with the value written if it
     knows it. Waking early is only a hint: a step that is woken without a value reads again,
-    so a driver that always sleeps it out is correct, only slower to notice."""
+    so a driver that always sleeps it out is correct, only slower to notice. A Sleep of 0 s
+    with `until` starts watching the key now, for the step's later sleeps on it."""
 
     seconds: float
     until: str | None = None

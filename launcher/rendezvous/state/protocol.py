@@ -107,6 +107,12 @@ def _join_round(
     pace = JoinPace(p, joined=slot + 1, now=now)
     if slot >= p.max_nodes:
         return (yield from wait_for_change(p, rnd, by=me.node_id))
+    if p.store_wakes and slot + 1 < (hint or p.max_nodes):
+        # Watch the assignment from now (the last joiner closes): opened at the first wait
+        # it may open in the members' worker-start storm, as slowly as a poll is answered.
+        mine, now = yield Sleep(0.0, until=k.assign(rnd, slot))
+        if mine is not None:
+            return _assigned(mine, rnd)
     min_seen_at: float | None = None
     # Everything a waiting joiner looks at, in one read per poll (one etcd txn, one
     # pipelined TCPStore round trip); the counters are Add's decimal strings. Its own
@@ -128,8 +134,7 @@ def _join_round(
             decision = json.dumps({"size": size, "closer": me.node_id})
             closed, now = yield CompareSet(k.r(rnd, "close"), None, decision)
             if closed == decision:
-                # The closer knows its own assignment: reading it back would wait behind
-                # every member starting its workers.
+                # Its own assignment, not read back behind every member's worker start.
                 mine = yield from _close_round(p, rnd, decision, slot, bumped)
                 if mine is not None:
                     return _assigned(mine, rnd)
@@ -171,8 +176,7 @@ def _join_round(
                 yield from bump(p, cur, reason=CLOSER_LOST, by=me.node_id, expected=size - 1)
             return None
         # The closer publishes the assignments right after closing: worth the full rate for
-        # a moment (unless the store wakes us when it does); after that it may be gone (see
-        # give_up), and the spread rate will do.
+        # a moment (unless the store wakes us), then the spread (it may be gone: give_up).
         prompt = now - closed_at < PROMPT_S and not p.store_wakes
         nap = p.poll_interval_s if prompt else spread_poll_s(p, size)
         raw, now = yield Sleep(nap, until=k.assign(rnd, slot))
@@ -226,14 +230,12 @@ def _close_round(
             return None
         raws, now = yield MultiGet(keys)
     described = [(slot, NodeInfo.from_json(r)) for slot, r in enumerate(raws) if r is not None]
-    # One read for the rest: the round (still this one?), the last round, and the marks
-    # of candidates declared dead (below).
+    # One read for the rest: the round (still this one?), `last`, dead marks (below).
     dead_keys = tuple(k.dead(n.node_id) for _, n in described)
     (cur, last_raw, *marks), now = yield MultiGet((k.round, k.last, *dead_keys))
     if round_of(cur) != rnd:
-        # The joiners gave this round up while we waited (their own assign timeout, or
-        # the one whose descriptor is missing rejoined): publishing it now would hand out
-        # a round nobody else is in.
+        # The joiners gave this round up while we waited (their assign timeout, or the one
+        # whose descriptor is missing rejoined): it must not be handed out, nobody is in it.
         return None
     # A slot with no descriptor after assign_timeout: its joiner died (or is cut off)
     # between taking the slot and describing itself. The round forms without it; if it
@@ -314,8 +316,7 @@ def _close_round(
         "restart_count": restart_count,
         "members": list(members),
     }
-    # `last` after the assignments (a reader of `last` may assume them published), in the
-    # same batch: one round trip less for the closer, whose own workers wait on it.
+    # `last` after the assignments (its readers may assume them published), in one batch.
     items.append((k.last, json.dumps(last_now, sort_keys=True)))
     yield MultiSet(tuple(items))
     return dict(items).get(k.assign(rnd, own_slot))
