@@ -163,7 +163,7 @@ class Simulation:
 
     def _send(self, task: Task, op: Op) -> None:
         now = self.now
-        rtt = self._rtts[int(self.rng.random() * _QUANTILES)] * self.latency_factor
+        rtt = self._rtt()
         task.sent_at, task.rtt = now, rtt
         if not task.wrote and is_write(op):
             task.wrote = True

@@ -21,7 +21,7 @@ from launcher.rendezvous.state import (
     is_write,
 )
 from launcher.rendezvous.state.signing import Seal, signed
-from launcher.rendezvous.store import KeyWatch, Store
+from launcher.rendezvous.store import Store, Watching
 
 T = TypeVar("T")
 _START_WATCH_S = 1.0  # how long a watch started ahead of a sleep (Sleep(0, until)) may take
@@ -115,14 +115,14 @@ class Driver:
         returns early once `until` is written, where the store can watch keys: with the
         value written, if the store said (else None)."""
         deadline = self._clock() + seconds  # opening the watch is part of the sleep
-        opener = getattr(self.store, "watch", None) if until is not None else None
-        if opener is not None and seconds <= 0:  # only start watching (see Sleep)
-            started: KeyWatch | None = opener(until, _START_WATCH_S)
-            value = started.value if started is not None else None
-            if started is not None:
-                started.close()  # kept by the store for this thread's next sleep on it
-            return value
-        watch: KeyWatch | None = opener(until, seconds) if opener is not None else None
+        store = self.store if isinstance(self.store, Watching) else None
+        if store is not None and until is not None and seconds <= 0:  # only start watching
+            started = store.watch(until, _START_WATCH_S)
+            if started is None:
+                return None
+            started.close()  # kept by the store for this thread's next sleep on it
+            return started.value
+        watch = store.watch(until, seconds) if store is not None and until is not None else None
         if self._interrupt_fd is None and watch is None:
             time.sleep(max(deadline - self._clock(), 0.0))
             return None

@@ -56,7 +56,7 @@ from launcher.rendezvous.state import (
     report_failure,
     retire,
 )
-from launcher.rendezvous.store import Store
+from launcher.rendezvous.store import Store, Watching
 from launcher.secret import job_seal
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class DynamicRendezvous(SideChannel):
             keep_alive_max_attempt=opts.keep_alive_max_attempt,
             static=config.rdzv_backend == "static",
             # etcd wakes a waiting joiner when its assignment is written (etcd_watch.py)
-            store_wakes=callable(getattr(self._store, "watch", None)),
+            store_wakes=isinstance(self._store, Watching),
         )
         self._hosting = bool(getattr(self._store, "hosting", False))
         rejects = RejectReport(sink, prefix=Keys(config.run_id).prefix)

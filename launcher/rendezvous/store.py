@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Store(Protocol):
@@ -45,6 +45,7 @@ class KeyWatch(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class Watching(Protocol):
     """A store that can report a write as it happens (etcd): an optional capability."""
 
