@@ -9,8 +9,9 @@ until the bench creates a stop file). For each backend it measures, in one job:
 
 - first round: from just before the first agent's Popen to the last agent's
   `rendezvous.round.complete` at N nodes (the event log), and to the last worker's first line;
-- node loss: SIGKILL one agent (not the store's host), until every survivor logs a round of
-  N-1, and until every one of those workers ran its first line;
+- node loss: SIGKILL one agent (not the store's host), until the first agent logs the loss
+  (`rendezvous.membership.changed`, reason node_lost: detection), until every survivor logs a
+  round of N-1, and until every one of those workers ran its first line;
 - join: start one new agent, until all N log a round of N (and the workers' first lines);
 - steady state (`--steady S` seconds after the first round): the store's CPU (the hosting
   agent's utime+stime for c10d, which includes its own agent work; the etcd member's for
@@ -132,6 +133,7 @@ class Fleet(Reaper):
     seen: set[tuple[int, str]] = field(default_factory=set)
     rounds: dict[str, list[Round]] = field(default_factory=dict)  # node -> rounds it logged
     started: dict[str, float] = field(default_factory=dict)  # node -> its agent.started
+    changed: list[float] = field(default_factory=list)  # every membership.changed(node_lost)
     _offset: int = 0
 
     def __post_init__(self) -> None:
@@ -194,6 +196,10 @@ class Fleet(Reaper):
                     ev = json.loads(raw)
                     if ev["event"] == "agent.started":
                         self.started[ev["node"]] = ev["time"]
+                    if ev["event"] == "rendezvous.membership.changed" and (
+                        ev["fields"]["reason"] == "node_lost"
+                    ):
+                        self.changed.append(ev["time"])
                     if ev["event"] == "rendezvous.round.complete":
                         world = int(ev["fields"]["group_world_size"])
                         self.rounds.setdefault(ev["node"], []).append(Round(ev["time"], world))
@@ -261,6 +267,7 @@ class Result:
     last_up_s: float | None = None  # the last agent's `agent.started` (interpreters up)
     first_round_s: float | None = None  # event log (ours)
     first_workers_s: float | None = None  # workers' first lines (both tools)
+    loss_detected_s: float | None = None  # the first agent to learn of the loss (ours)
     loss_round_s: float | None = None
     loss_workers_s: float | None = None
     join_round_s: float | None = None
@@ -362,6 +369,9 @@ def run_job(
         victim = _addr(agents // 2)
         t_kill = fleet.kill_agent(victim)
         res.loss_round_s, res.loss_workers_s = _phase(fleet, agents - 1, t_kill, fault)
+        if tool == OURS:  # the rest of the loss figure is the re-formation
+            first = min((t for t in fleet.changed if t >= t_kill), default=None)
+            res.loss_detected_s = None if first is None else first - t_kill
         if math.isinf(res.loss_workers_s):
             res.notes.append(f"node loss: no world of {agents - 1} within {fault:g} s")
             return res
@@ -392,6 +402,7 @@ def print_table(results: Sequence[Result]) -> bool:
         ("all agents up (last agent.started)", [_s(r.last_up_s) for r in results]),
         ("first round, event log (last agent)", [_s(r.first_round_s) for r in results]),
         ("first round, workers' first lines", [_s(r.first_workers_s) for r in results]),
+        ("node loss detected (first agent)", [_s(r.loss_detected_s) for r in results]),
         ("node loss -> N-1, event log", [_s(r.loss_round_s) for r in results]),
         ("node loss -> N-1, workers", [_s(r.loss_workers_s) for r in results]),
         ("join -> N, event log", [_s(r.join_round_s) for r in results]),
@@ -449,10 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torchrun's first round budget, s (180)")  # fmt: skip
     parser.add_argument("--fault-budget", type=float, default=30.0,
                         help="node loss and join budgets, s (30)")  # fmt: skip
-    parser.add_argument("--store-nice", type=int, default=0,
-                        help="nice value of the store's process: the etcd member, or the "
-                        "agent hosting the c10d store (0: as the agents; -10 stands in for "
-                        "a store host with CPUs of its own)")
+    parser.add_argument(
+        "--store-nice",
+        type=int,
+        default=0,
+        help="nice value of the store's process: the etcd member, or the "
+        "agent hosting the c10d store (0: as the agents; -10 stands in for "
+        "a store host with CPUs of its own)",
+    )
     parser.add_argument("--keep-scratch", action="store_true", help="keep the runs' logs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     args = parser.parse_args(argv)

@@ -4,8 +4,9 @@ clock, running the launcher's own protocol generators (launcher.rendezvous.state
     main thread:  join -> running: every monitor interval check the round
                   -> a change (or our worker failed) -> stop workers -> re-join
                   (join says Excluded: declared dead meanwhile -> a new id, re-join)
-    beat thread:  every keep-alive interval `heartbeat` (beat, am I dead?, watch my
-                  successor); what it learns reaches the main thread at its next check
+    beat thread:  every keep-alive interval a `beat`, and a `look` (am I dead? is my
+                  successor?) at the phases `phases` gives; what it learns reaches the
+                  main thread at its next check
 
 Both threads are generators that yield the protocol's ops and `Sleep`s; the engine runs
 each as a task. A store op with no reply (lost, partitioned past the read timeout) is
@@ -24,11 +25,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from launcher.rendezvous.state import (
-    ALIVE_BEATERS,
     FAILED,
     Assignment,
     Excluded,
     JobOver,
+    Keys,
     NodeInfo,
     Op,
     Outage,
@@ -36,14 +37,16 @@ from launcher.rendezvous.state import (
     RendezvousTimeout,
     Sleep,
     WatchState,
+    beat,
     check_interval_s,
     check_round,
     conclude,
     declared_dead,
     goodbye,
-    heartbeat,
     join,
     leave,
+    look,
+    next_at,
     report_failure,
     retire,
 )
@@ -84,6 +87,7 @@ class Task:
         "interrupt",
         "name",
         "rtt",
+        "seen_rev",
         "sent_at",
         "sleeping",
         "token",
@@ -99,6 +103,7 @@ class Task:
         self.interrupt = False  # throw Interrupted at the next Sleep
         self.sent_at = 0.0
         self.rtt = 0.0
+        self.seen_rev = 0  # the store's revision when its last request was applied
         self.wrote = False  # sent a write since the current step began (the Driver's `wrote`)
         self.awaiting = False  # an op of this task is out, its reply not yet back
 
@@ -170,13 +175,7 @@ class VirtualAgent:
                 if result is None:
                     return
                 self.assignment = result
-                self.watch = WatchState(
-                    round=result.round,
-                    group_world_size=result.group_world_size,
-                    watched=result.watch,
-                    last_change=sim.now,
-                    beats_alive=result.group_rank < ALIVE_BEATERS,
-                )
+                self.watch = WatchState.of(result, now=sim.now)
                 self.next_check = 0.0
                 self.news = None
                 self.state = RUNNING
@@ -273,7 +272,12 @@ class VirtualAgent:
                 self.node_id = self._new_id()
                 self.assignment = None
                 return False
-            if self.assignment is None or sim.now < max(self.retry_at, self.next_check):
+            # dynamic.check: the beat thread saw the round move (or moved it): look now
+            if urgent := news in ("round_moved", "node_lost"):
+                self.news = None
+            if self.assignment is None or sim.now < self.retry_at:
+                continue
+            if sim.now < self.next_check and not urgent:
                 continue
             every = check_interval_s(sim.cfg.monitor_interval_s, self.assignment.group_world_size)
             self.next_check = sim.now + every
@@ -314,12 +318,33 @@ class VirtualAgent:
 
     # -- the heartbeat thread (dynamic._heartbeats) ------------------------------------------
     def _beats(self) -> Program:
+        """dynamic.py's thread (beats.py): a beat and a look each interval, each at its own
+        phase of the shared clock (the virtual one)."""
         sim, p = self.sim, self.sim.params
+        interval = p.keep_alive_interval_s
+        round_key = Keys(p.run_id).round if sim.cfg.store_wakes else None
+        watch: WatchState | None = None
+        beat_at = look_at = sim.now
+        until = round_key
         while True:
-            yield Sleep(p.keep_alive_interval_s)
-            watch, me = self.watch, self.node_id
+            if self.watch is not watch:  # a new round: its members' phases
+                watch = self.watch
+                beat_at = next_at(sim.now, watch.beat_phase if watch else 0.0, interval)
+                look_at = next_at(sim.now, watch.look_phase if watch else 0.5, interval)
+            moved, _ = yield Sleep(max(0.0, min(beat_at, look_at) - sim.now), until=until)
+            if moved is not None:  # the round key was written since this thread's last read
+                self.news, until = "round_moved", None
+                continue
+            if self.watch is not watch:
+                continue
+            me, news, until = self.node_id, None, round_key
             try:
-                news = yield from heartbeat(p, me, watch, now=sim.now)
+                if beat_at <= sim.now:
+                    beat_at = next_at(sim.now, watch.beat_phase if watch else 0.0, interval)
+                    yield from beat(p, me, watch, now=sim.now)
+                else:
+                    look_at = next_at(sim.now, watch.look_phase if watch else 0.5, interval)
+                    news = yield from look(p, me, watch, now=sim.now)
             except StoreFailure as err:
                 gone = self.outage.fail(sim.now, str(err)) is None
                 news = "store_unreachable" if gone else None

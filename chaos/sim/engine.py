@@ -73,7 +73,11 @@ class Simulation:
         self.store_down_until = 0.0
         self._ports = itertools.count(20000)
         self.trace: list[tuple[Any, ...]] | None = [] if cfg.trace else None
-        self._waiters: dict[str, list[tuple[Task, int]]] = {}  # watched key -> (task, token)
+        # watched key -> {task: the token it slept under} (one entry per task: a watch that
+        # did not fire serves the task's later sleeps on the key)
+        self._waiters: dict[str, dict[Task, int]] = {}
+        self._rev = 0  # the store's revision: one per write, as etcd's
+        self._mod: dict[str, int] = {}  # key -> the revision that last wrote it
         self.events = 0
         self.stopped = False
         starts = [self.rng.random() * cfg.start_spread_s for _ in range(cfg.nodes)]
@@ -199,8 +203,13 @@ class Simulation:
                 self._hold(task, token, op, self.store_down_until)
             return
         reply, size = self.store.apply(op, task.agent.index)
-        if self._waiters and is_write(op):
-            self._notify(op)
+        if is_write(op):
+            self._rev += 1
+            for key in _written(op):
+                self._mod[key] = self._rev
+            if self._waiters:
+                self._notify(op)
+        task.seen_rev = self._rev
         if self.trace is not None:
             self.trace.append((now, task.agent.index, task.name, op, reply))
         if token == _ORPHAN:
@@ -224,27 +233,22 @@ class Simulation:
 
     def _await(self, task: Task, key: str) -> bool:
         """A watch on `key` for a sleeping task (the real agent's etcd watch): True if it
-        fired already. Only keys written once wait this way (a joiner's assignment), so a
-        value present now was written since the task's last read, which found none. The
-        watch stays for the task's later sleeps on the same key (a 0 s Sleep starts it),
-        as the real store keeps a watch that did not fire."""
+        fired already, i.e. `key` was written since the task's last request was applied
+        (etcd_watch.py compares revisions so). The watch stays for the task's later sleeps
+        on the same key (a 0 s Sleep starts it), as the real store keeps a watch that did
+        not fire."""
         value = self.store.data.get(key)
-        if value is not None:
+        if value is not None and self._mod.get(key, 0) > task.seen_rev:
             self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
             return True
-        self._waiters.setdefault(key, []).append((task, task.token))
+        self._waiters.setdefault(key, {})[task] = task.token
         return False
 
     def _notify(self, op: Op) -> None:
         """Wakes the tasks watching a key `op` wrote, once the event reaches them."""
-        if isinstance(op, MultiSet):
-            keys = [key for key, _ in op.items if key in self._waiters]
-        else:
-            key = getattr(op, "key", None)
-            keys = [key] if key in self._waiters else []
-        for key in keys:
+        for key in [key for key in _written(op) if key in self._waiters]:
             value = self.store.data.get(key)
-            for task, token in self._waiters.pop(key):
+            for task, token in self._waiters.pop(key).items():
                 if token == task.token and task.sleeping and task.until == key and value:
                     task.token += 1  # the sleep's own timer no longer wakes it
                     self._push(self.now + self._rtt() * 0.5, STEP, task, task.token, value)
@@ -387,3 +391,11 @@ def _quantiles(median_s: float, sigma: float, cap_s: float) -> list[float]:
     """The lognormal's quantiles at (i + 0.5) / _QUANTILES, capped at cap_s."""
     normal = NormalDist(math.log(median_s), sigma)
     return [min(cap_s, math.exp(normal.inv_cdf((i + 0.5) / _QUANTILES))) for i in range(_QUANTILES)]
+
+
+def _written(op: Op) -> list[str]:
+    """The keys a write op writes."""
+    if isinstance(op, MultiSet):
+        return [key for key, _ in op.items]
+    key = getattr(op, "key", None)
+    return [key] if isinstance(key, str) else []

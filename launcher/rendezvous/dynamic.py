@@ -29,7 +29,8 @@ from launcher.errors import (
 from launcher.rendezvous import RoundInfo, ServeStore, WorkersStore, round_info
 from launcher.rendezvous.addresses import log_plan, plan_binding
 from launcher.rendezvous.backends import open_store
-from launcher.rendezvous.driver import Driver, Interrupted, first_line
+from launcher.rendezvous.beats import run_heartbeats
+from launcher.rendezvous.driver import Driver, Interrupted
 from launcher.rendezvous.health import RejectReport, StoreHealth, drop_events
 from launcher.rendezvous.local import bind_listeners
 from launcher.rendezvous.side_channel import SideChannel
@@ -50,7 +51,6 @@ from launcher.rendezvous.state import (
     conclude,
     declared_dead,
     goodbye,
-    heartbeat,
     join,
     leave,
     report_failure,
@@ -358,43 +358,22 @@ class DynamicRendezvous(SideChannel):
         return Driver(store, interrupt_fd=interrupt_fd, seal=self._seal)
 
     def _heartbeats(self) -> None:
-        driver = self._new_driver(self._hb_store, interrupt_fd=self._halt_r)
-        interval = self.params.keep_alive_interval_s
-        # Between beats, where the store can say (etcd), wait on the round key too: a
-        # bump wakes the agent at once, instead of at its next check of the round. Once
-        # per beat: a watch reports writes since this thread's last read (the beat's).
-        round_key = Keys(self.params.run_id).round if self.params.store_wakes else None
-        beat_at, until = time.monotonic() + interval, round_key
-        while not self._stop.is_set():
-            try:
-                moved = driver.sleep(beat_at - time.monotonic(), until=until)
-            except Interrupted:
-                return  # _halt
-            if moved is not None:
-                self._tell("round_moved")
-                until = None
-                continue
-            beat_at, until = time.monotonic() + interval, round_key
-            with self._lock:
-                watch, me = self._watch, self.node_id
-            try:
-                news = driver.run(heartbeat(self.params, me, watch, now=time.monotonic()))
-            except RendezvousAccessError as err:
-                self._refused, news = err, "store_refused"  # no retry fixes it: tell the agent
-            except (RendezvousConnectionError, RuntimeError, OSError, ValueError) as err:
-                if not isinstance(err, RendezvousConnectionError):
-                    err = RendezvousConnectionError(first_line(err))
-                log.debug("heartbeat to the rendezvous store failed: %s", err)
-                # Beats carry on every interval; the agent gives up only once the store
-                # has been unreachable for the whole window (the main thread raises).
-                news = "store_unreachable" if self._health.failed(err) is None else None
-            else:
-                self._health.answered()
-            if news is not None and not (news == "declared_dead" and self.node_id != me):
-                self._tell(news)  # (a dead identity next_round already left behind: not news)
+        run_heartbeats(
+            self._new_driver(self._hb_store, interrupt_fd=self._halt_r),
+            self.params,
+            current=self._current,
+            tell=self._tell,
+            health=self._health,
+            stopped=self._stop.is_set,
+        )
 
-    def _tell(self, news: str) -> None:
+    def _current(self) -> tuple[WatchState | None, str]:
+        with self._lock:
+            return self._watch, self.node_id
+
+    def _tell(self, news: str, refused: RendezvousAccessError | None = None) -> None:
         with self._lock:
             self._news = news
+            self._refused = refused or self._refused
         with contextlib.suppress(BlockingIOError):  # already has a wakeup pending
             os.write(self._wake_w, b"!")

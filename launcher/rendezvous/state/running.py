@@ -208,34 +208,79 @@ class WatchState:
     last_seen: float = 0.0  # when this watcher last read the watched counter
     quiet_looks: int = 0  # looks since the counter last changed
     beats_alive: bool = True  # this member bumps the round's `alive` (see ALIVE_BEATERS)
+    beat_phase: float = 0.0  # where in each keep-alive interval it beats (see phases)
+    look_phase: float = 0.5  # ... and looks at the node it watches
 
     @classmethod
     def of(cls, a: Assignment, *, now: float) -> WatchState:
         """What a member of the round `a` assigns watches, as of `now`."""
+        beat, look = phases(a.group_rank, a.group_world_size)
         return cls(
             round=a.round,
             group_world_size=a.group_world_size,
             watched=a.watch,
             last_change=now,
             beats_alive=a.group_rank < ALIVE_BEATERS,
+            beat_phase=beat,
+            look_phase=look,
         )
+
+
+def phases(group_rank: int, nodes: int) -> tuple[float, float]:
+    """When member `group_rank` of `nodes` beats and when it looks at its successor, as
+    fractions of the keep-alive interval on a clock the members share (the wall clock).
+    Pure.
+
+    Beats are spread evenly over the interval, so the store never takes them in one burst.
+    A look comes half an interval after its successor's beat: it always sees the beat just
+    made, never races it. A member whose last beat was at t is then declared dead at
+    t + 0.5 + max_attempt intervals, whenever in the interval it died (2.5 to 3.5 s with
+    1 s beats). Looking at no particular time gave 2 to 4 s, and members that all started
+    beating together (one store wake formed the round) raced their successor's beat: half
+    of the looks saw a beat a whole interval old. Clocks that disagree by more than half an
+    interval only lose that gain; nothing here depends on them for correctness."""
+    beat = group_rank / nodes if nodes > 0 else 0.0
+    look = ((group_rank + 1) % max(nodes, 1) / max(nodes, 1) + 0.5) % 1.0
+    return beat, look
+
+
+def next_at(now: float, phase: float, interval_s: float) -> float:
+    """The first time after `now` that lies `phase` (a fraction) into an interval of the
+    shared clock. Pure."""
+    due = now + (phase * interval_s - now) % interval_s
+    return due if due > now else due + interval_s
+
+
+def beat(
+    p: Params, me: str, watch: WatchState | None, *, now: float
+) -> Generator[Op, Feedback, None]:
+    """One keep-alive beat: any new value is one (this node's own clock will do: only it
+    writes the key)."""
+    k = Keys(p.run_id)
+    yield Set(k.hb(me), repr(now))
+    if watch is not None and watch.beats_alive:
+        yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
 
 
 def heartbeat(
     p: Params, me: str, watch: WatchState | None, *, now: float
 ) -> Generator[Op, Feedback, str | None]:
-    """One keep-alive tick: beat, check we are not declared dead, check the watched node.
+    """A beat and a look at once (the agents beat and look at their own phases)."""
+    yield from beat(p, me, watch, now=now)
+    return (yield from look(p, me, watch, now=now))
+
+
+def look(
+    p: Params, me: str, watch: WatchState | None, *, now: float
+) -> Generator[Op, Feedback, str | None]:
+    """Checks that this node is not declared dead, and looks at the node it watches.
 
     Returns "declared_dead" if this incarnation was declared dead (it must rejoin under a
     new id), "node_lost" if it just declared its watched node dead, else None.
     """
     k = Keys(p.run_id)
     started = now
-    # Any new value is a beat: this node's own clock will do (only it writes the key).
-    yield Set(k.hb(me), repr(started))
-    if watch is not None and watch.beats_alive:
-        yield Add(k.r(watch.round, "alive"), 1)  # lets spares see the round is alive
-    # Both reads in one round trip: a slow tick delays the next look at the watched node.
+    # Both reads in one round trip: a slow look delays the next one.
     watched = watch.watched if watch is not None else ""
     seen, now = yield MultiGet((k.dead(me), k.hb(watched)) if watched else (k.dead(me),))
     if seen[0] is not None:
@@ -246,18 +291,21 @@ def heartbeat(
     # A watcher that could not look for a while (its own store access failed, or it was
     # paused) has no evidence against the watched node: its beats may have failed for the
     # same reason (a store outage stalls every node). It starts counting afresh. Only the
-    # idle time before this tick counts as not looking: under a slow store every tick is
-    # slow, the watched node's too, and a gap that included them would reset every look.
+    # idle time before this look counts as not looking: under a slow store every look is
+    # slow, the watched node's beats too, and a gap that included them would reset every look.
     stalled = started - watch.last_seen > _STALLED_AFTER_BEATS * p.keep_alive_interval_s
     watch.last_seen = now
     if value != watch.last_value or stalled:
         watch.last_value, watch.last_change, watch.quiet_looks = value, now, 0
         return None
     watch.quiet_looks += 1
-    # Silent for the whole window, and over as many looks as beats it may miss: when ticks
-    # are slow (a loaded store) one look can fall just before a beat and the next just after
-    # the one after it.
-    if now - watch.last_change < _dead_after_s(p) or watch.quiet_looks < p.keep_alive_max_attempt:
+    # Silent over as many looks as beats it may miss, one per interval on the grid (when
+    # the store is slow, one look can fall just before a beat and the next just after the
+    # one after it), and for the whole window less half an interval: each look ends a
+    # round trip after its grid time, and a quicker trip than the one that saw the last
+    # change must not cost another interval.
+    silent = now - watch.last_change >= _dead_after_s(p) - p.keep_alive_interval_s / 2
+    if not silent or watch.quiet_looks < p.keep_alive_max_attempt:
         return None
     if (yield from round_finishing(p, watch.round)):
         return None  # it stopped beating because it finished: its exit barrier has begun
