@@ -13,6 +13,7 @@ run on the monotonic clock, so a clock step never stalls the beats.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -56,10 +57,16 @@ def run_heartbeats(
     interval = params.keep_alive_interval_s
     round_key = Keys(params.run_id).round if params.store_wakes else None
     watch, me = current()
-    beat_at, look_at = _grid(watch, interval, now=time.monotonic())
-    until = round_key
+    now = time.monotonic()
+    beat_at, look_at = _grid(watch, interval, now=now)
+    # The round watch opens at this member's phase of the first second: every member
+    # starts this thread as its round completes, and a hundred watches opened at once (a
+    # connection, a stream and a watch each) slowed the store in the worker-start storm.
+    phase = watch.beat_phase if watch is not None else 0.0
+    arm_at = now + phase * min(interval, 1.0) if round_key is not None else math.inf
+    until: str | None = None
     while not stopped():
-        due = min(beat_at, look_at)
+        due = min(beat_at, look_at, arm_at)
         try:
             # A watch reports writes since this thread's last read: so once per step.
             moved = driver.sleep(due - time.monotonic(), until=until)
@@ -76,7 +83,12 @@ def run_heartbeats(
             continue
         if now < due:
             continue  # the sleep ended early: not yet due
-        until, news = round_key, None
+        if arm_at <= now:
+            until, arm_at = round_key, math.inf
+            continue
+        if arm_at == math.inf:  # armed: again after each step (see the sleep)
+            until = round_key
+        news = None
         try:
             if beat_at <= now:
                 beat_at = _after(beat_at, now, interval)

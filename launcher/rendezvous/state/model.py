@@ -146,6 +146,11 @@ class Params:
     # static rendezvous: fixed group ranks from --node-rank, no elasticity
     static: bool = False
 
+    @property
+    def dead_after_s(self) -> float:
+        """How long a node may be silent before its watcher declares it dead."""
+        return self.keep_alive_interval_s * self.keep_alive_max_attempt
+
 
 @dataclass(frozen=True, kw_only=True)
 class NodeInfo:

@@ -107,16 +107,19 @@ def _join_round(
     pace = JoinPace(p, joined=slot + 1, now=now)
     if slot >= p.max_nodes:
         return (yield from wait_for_change(p, rnd, by=me.node_id))
+    min_seen_at: float | None = None
     if p.store_wakes and slot + 1 < (hint or p.max_nodes):
-        # Watch the assignment from now (the last joiner closes): opened at the first wait
-        # it may open in the members' worker-start storm, as slowly as a poll is answered.
-        mine, now = yield Sleep(0.0, until=k.assign(rnd, slot))
+        # Woken by its assignment (the last joiner closes), it waits first, as between two
+        # polls: a poll right after joining met the closer's write and the members' worker
+        # starts (100 agents on etcd: up to 1.2 s), and a watch opened later, too.
+        min_seen_at = now if slot + 1 >= p.min_nodes else None  # as its own add saw
+        pace.observe(slot + 1, hint, min_seen_at, now)
+        mine, now = yield Sleep(pace.next_poll_s(slot + 1, now), until=k.assign(rnd, slot))
         if mine is not None:
             return _assigned(mine, rnd)
-    min_seen_at: float | None = None
-    # Everything a waiting joiner looks at, in one read per poll (one etcd txn, one
-    # pipelined TCPStore round trip); the counters are Add's decimal strings. Its own
-    # assignment too: the poll that finds the round closed often finds it assigned.
+    # All a waiting joiner looks at, in one read per poll (one etcd txn, one pipelined
+    # TCPStore round trip), its own assignment too: the poll that finds the round closed
+    # often finds it assigned. The counters are Add's decimal strings.
     looks = (k.r(rnd, "close"), k.round, k.r(rnd, "seq"), k.r(rnd, "expected"), k.assign(rnd, slot))
     while True:
         (closed, cur, seen, lowered_raw, mine), now = yield MultiGet(looks)
@@ -387,13 +390,9 @@ def wait_for_change(p: Params, rnd: int, *, by: str) -> Generator[Op, Feedback, 
         value, now = yield Add(k.r(rnd, "alive"), 0)
         if value != alive_value:
             alive_value, alive_since = value, now
-        elif now - alive_since >= _dead_after_s(p) and (yield from round_finishing(p, rnd)):
+        elif now - alive_since >= p.dead_after_s and (yield from round_finishing(p, rnd)):
             alive_since = now  # members stop beating once they finish: wait for the end
-        elif now - alive_since >= _dead_after_s(p):
+        elif now - alive_since >= p.dead_after_s:
             yield Add(k.spares, -1)
             yield from bump(p, cur, reason=NODE_LOST, by=by, expected=0, detail="all")
             return None
-
-
-def _dead_after_s(p: Params) -> float:
-    return p.keep_alive_interval_s * p.keep_alive_max_attempt

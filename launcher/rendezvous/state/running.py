@@ -28,7 +28,7 @@ from launcher.rendezvous.state.model import (
     Sleep,
     round_of,
 )
-from launcher.rendezvous.state.protocol import _HOST_GRACE_S, _dead_after_s
+from launcher.rendezvous.state.protocol import _HOST_GRACE_S
 
 # dead/<node>: "lost" when a watcher declared it, LEFT when the node itself gave it up.
 LEFT = "left"
@@ -304,7 +304,7 @@ def look(
     # one after it), and for the whole window less half an interval: each look ends a
     # round trip after its grid time, and a quicker trip than the one that saw the last
     # change must not cost another interval.
-    silent = now - watch.last_change >= _dead_after_s(p) - p.keep_alive_interval_s / 2
+    silent = now - watch.last_change >= p.dead_after_s - p.keep_alive_interval_s / 2
     if not silent or watch.quiet_looks < p.keep_alive_max_attempt:
         return None
     if (yield from round_finishing(p, watch.round)):
