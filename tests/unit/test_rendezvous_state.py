@@ -21,7 +21,15 @@ from launcher.rendezvous.state import (
     join,
     report_failure,
 )
-from launcher.rendezvous.state.model import CompareSet, Keys, MultiSet, Sleep, round_of
+from launcher.rendezvous.state.model import (
+    CompareSet,
+    Keys,
+    MultiGet,
+    MultiSet,
+    Set,
+    Sleep,
+    round_of,
+)
 from launcher.rendezvous.state.protocol import wait_for_change
 from launcher.rendezvous.store import MemoryStore
 from tests.rdzv_harness import Sim, agent_loop
@@ -487,3 +495,8 @@ def test_a_joiner_woken_with_its_assignment_reads_nothing_more() -> None:
     sleeps = [op for op in ops if isinstance(op, Sleep)]
     assert len(sleeps) == 1 and sleeps[0].until == Keys("job").assign(0, 0)
     assert ops[-1] is sleeps[0]  # woken with it: no read after
+    # ... and none before: it waits right after taking its slot (a poll then met the
+    # closer's write and the members' worker starts), for as long as a fallback poll waits
+    assert isinstance(ops[-2], Set) and ops[-2].key == Keys("job").node(0, 0)
+    assert sleeps[0].seconds > 0
+    assert not any(isinstance(op, MultiGet) for op in ops[ops.index(ops[-2]) :])
