@@ -73,8 +73,7 @@ class Simulation:
         self.store_down_until = 0.0
         self._ports = itertools.count(20000)
         self.trace: list[tuple[Any, ...]] | None = [] if cfg.trace else None
-        # watched key -> {task: the token it slept under} (one entry per task: a watch that
-        # did not fire serves the task's later sleeps on the key)
+        # watched key -> {task: the token it slept under}: one watch per task and key
         self._waiters: dict[str, dict[Task, int]] = {}
         self._rev = 0  # the store's revision: one per write, as etcd's
         self._mod: dict[str, int] = {}  # key -> the revision that last wrote it

@@ -67,9 +67,12 @@ def run_heartbeats(
     until: str | None = None
     while not stopped():
         due = min(beat_at, look_at, arm_at)
+        # A step already due (the last one was slow) goes first: a sleep of no time with a
+        # key would only open the watch, for up to a second when the store is slowest.
+        wait = due - time.monotonic()
         try:
             # A watch reports writes since this thread's last read: so once per step.
-            moved = driver.sleep(due - time.monotonic(), until=until)
+            moved = driver.sleep(wait, until=until) if wait > 0 else None
         except Interrupted:
             return  # the agent is done with this rendezvous
         if moved is not None:

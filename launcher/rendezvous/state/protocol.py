@@ -109,9 +109,9 @@ def _join_round(
         return (yield from wait_for_change(p, rnd, by=me.node_id))
     min_seen_at: float | None = None
     if p.store_wakes and slot + 1 < (hint or p.max_nodes):
-        # Woken by its assignment (the last joiner closes), it waits first, as between two
-        # polls: a poll right after joining met the closer's write and the members' worker
-        # starts (100 agents on etcd: up to 1.2 s), and a watch opened later, too.
+        # Woken by its assignment (the last joiner closes), it waits at once, as between
+        # two polls: a poll right after joining could meet the closer's write and the
+        # members' worker starts, and be answered that late (1.2 s at 100 etcd agents).
         min_seen_at = now if slot + 1 >= p.min_nodes else None  # as its own add saw
         pace.observe(slot + 1, hint, min_seen_at, now)
         mine, now = yield Sleep(pace.next_poll_s(slot + 1, now), until=k.assign(rnd, slot))
