@@ -4,6 +4,7 @@ to the launcher and on SIGKILL of the launcher, with cgroups and with the subrea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,6 +125,9 @@ def test_sigkill_of_the_launcher_takes_detached_helpers_through_the_guardian(
     helpers = [_pid(out / f"detached-{rank}-0.txt") for rank in (0, 1)]
     workers = [_pid(out / f"worker-{rank}-0.txt") for rank in (0, 1)]
     procs.extra_pids.update(helpers + workers)
+    # This launcher's cgroup: the one that holds its workers (a cgroup another launcher left
+    # behind under a pid since reused has the same name prefix, and holds nothing)
+    own = [d for d in _launcher_cgroups(proc.pid) if _holds(d, workers)] if mode == "cgroup" else []
     proc.kill()
     proc.wait(10)
     # The promise is "within a second"; the bound here leaves room for a loaded CI machine.
@@ -131,7 +135,8 @@ def test_sigkill_of_the_launcher_takes_detached_helpers_through_the_guardian(
     if mode == "cgroup":  # the guardian also removes the launcher's cgroup
         base = [e for e in _events(tmp_path / "events.jsonl") if e.name == ev.AGENT_STARTED]
         assert base and base[0].fields["containment"] == "cgroup"
-        assert wait_until(lambda: not _launcher_cgroups(proc.pid), 10)
+        assert len(own) == 1
+        assert wait_until(lambda: not own[0].exists(), 10)
 
 
 def test_containment_cgroup_when_none_can_be_made_is_one_line_and_nothing_starts(
@@ -165,6 +170,15 @@ def test_containment_cgroup_when_none_can_be_made_is_one_line_and_nothing_starts
     assert len(lines) == 1 and "--containment cgroup" in lines[0], err
     assert "Traceback" not in err
     assert not list(out.iterdir())  # no worker started
+
+
+def _holds(cgroup: Path, pids: list[int]) -> bool:
+    """Whether any of `pids` is in `cgroup` or a cgroup below it."""
+    found: set[int] = set()
+    for procs_file in cgroup.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            found.update(int(line) for line in procs_file.read_text().split())
+    return bool(found & set(pids))
 
 
 def _launcher_cgroups(pid: int) -> list[Path]:
