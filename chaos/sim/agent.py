@@ -325,12 +325,14 @@ class VirtualAgent:
         round_key = Keys(p.run_id).round if sim.cfg.store_wakes else None
         watch: WatchState | None = None
         beat_at = look_at = sim.now
+        at_beat, at_look = 0.0, 0.5
         until = round_key
         while True:
             if self.watch is not watch:  # a new round: its members' phases
                 watch = self.watch
-                beat_at = next_at(sim.now, watch.beat_phase if watch else 0.0, interval)
-                look_at = next_at(sim.now, watch.look_phase if watch else 0.5, interval)
+                at_beat, at_look = (watch.beat_phase, watch.look_phase) if watch else (0.0, 0.5)
+                beat_at = next_at(sim.now, at_beat, interval)
+                look_at = next_at(sim.now, at_look, interval)
             moved, _ = yield Sleep(max(0.0, min(beat_at, look_at) - sim.now), until=until)
             if moved is not None:  # the round key was written since this thread's last read
                 self.news, until = "round_moved", None
@@ -340,10 +342,10 @@ class VirtualAgent:
             me, news, until = self.node_id, None, round_key
             try:
                 if beat_at <= sim.now:
-                    beat_at = next_at(sim.now, watch.beat_phase if watch else 0.0, interval)
+                    beat_at = next_at(sim.now, at_beat, interval)
                     yield from beat(p, me, watch, now=sim.now)
                 else:
-                    look_at = next_at(sim.now, watch.look_phase if watch else 0.5, interval)
+                    look_at = next_at(sim.now, at_look, interval)
                     news = yield from look(p, me, watch, now=sim.now)
             except StoreFailure as err:
                 gone = self.outage.fail(sim.now, str(err)) is None

@@ -84,8 +84,6 @@ def run_heartbeats(
         if latest is not watch:  # a new round: its members' phases
             watch, (beat_at, look_at) = latest, _grid(latest, interval, now=now)
             continue
-        if now < due:
-            continue  # the sleep ended early: not yet due
         if arm_at <= now:
             until, arm_at = round_key, math.inf
             continue
