@@ -30,30 +30,21 @@ from launcher.failures.report import (
     WorkerFailure,
     brief,
     failure_fields,
-    observe_failure,
     only_symptoms,
     root_cause,
 )
 from launcher.inbox import SignalInbox
-from launcher.progress.watch import Incident, ProgressWatch
 from launcher.rendezvous import Rendezvous, RoundInfo, create_rendezvous
 from launcher.rendezvous.driver import Interrupted
 from launcher.rendezvous.health import drop_events
 from launcher.tcpstore.server import StoreServer
 from launcher.workers.containment import guarded
-from launcher.workers.env import (
-    RoundContext,
-    WorkerRanks,
-    base_environment,
-    worker_argv,
-    worker_environment,
-)
-from launcher.workers.group import Worker, WorkerGroup, WorkerSpec, dump_target
-from launcher.workers.logs import AttemptLogs, RunLogs, route_stream
-from launcher.workers.pump import OutputPump
+from launcher.workers.logs import RunLogs
 
 if TYPE_CHECKING:
+    from launcher.node_workers import NodeWorkers
     from launcher.progress.incident import HangReport
+    from launcher.progress.watch import Incident
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +58,8 @@ SPARE_DONE = "spare_done"
 
 @dataclass(frozen=True, kw_only=True)
 class AgentResult:
+    """How the agent ended."""
+
     outcome: str
     exit_code: int
     restarts: int
@@ -92,33 +85,17 @@ class Agent:
         # Fork before any thread exists (the pump and the store start threads): the cgroup
         # probe and the guardian.
         self.containment, self.guardian = guarded(config.containment)
-        self.pump = OutputPump()
         paths = [config.event_log] if config.event_log else []
         if self.logs.run_dir is not None:
             paths.append(self.logs.run_dir / "events.jsonl")
         if config.event_log_console:  # --event-log-handler console
             paths.append(Path("/dev/stderr"))
         self.events = ev.EventLog(run_id=config.run_id, node_id=self.node_id, paths=paths)
-        self.group = WorkerGroup(
-            guardian=self.guardian,
-            containment=self.containment,
-            pump=self.pump,
-            on_exit=self._on_exit,
-            events=self.events,
-        )
-        self.group.register_wakeup(inbox.read_fd)
-        self.watch = ProgressWatch.configured(
-            config,
-            run_dir=self.logs.run_dir,
-            agent_env=self._agent_env,
-            events=self.events,
-            node=self.node_id,
-            allowed_pids=self.group.pids,
-        )
+        self._wakeups = [inbox.read_fd]
+        self._side: NodeWorkers | None = None
         self._incident: Incident | None = None
         self._changed: str | None = None  # the rendezvous's reason to re-form
         self.restart_count = 0
-        self._attempt_failures: list[WorkerFailure] = []
         self._round: RoundInfo | None = None
         self._rendezvous: Rendezvous | None = None
 
@@ -167,7 +144,7 @@ class Agent:
         )
         wake = rdzv.wakeup_fd()
         if wake is not None:
-            self.group.register_wakeup(wake)
+            self._wakeups.append(wake)
         failures: tuple[WorkerFailure, ...] = ()
         while True:
             if self.inbox.drain():
@@ -189,39 +166,41 @@ class Agent:
             if rnd.reason != "initial":
                 announce.restart(self.events, rnd, max_restarts=self.config.max_restarts)
             failures = ()
-            self._start_workers(rnd)
-            state = self._monitor()
+            side = self._workers()
+            side.start(rnd, self._rendezvous)
+            state = self._monitor(side)
             if state == SUCCEEDED:
                 self.events.emit(ev.GROUP_SUCCEEDED, restart_count=self.restart_count)
                 rdzv.finish()
                 return AgentResult(outcome=SUCCEEDED, exit_code=0, restarts=self.restart_count)
             if state == SIGNALED:
                 return self._signaled(self.inbox.received[0])
-            hang = self._evidence(state, rnd)
-            self.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
+            hang = self._evidence(side, state, rnd)
+            side.group.stop(signal.SIGTERM, grace_s=self.config.restart_grace_s)
             if hang is not None and hang.incident.source != "peer":  # blamed here
-                codes = {w.global_rank: w.exitcode or 0 for w in self.group.workers}
+                codes = {w.global_rank: w.exitcode or 0 for w in side.group.workers}
                 failures = hang.failures(codes)
                 blamed = {f.global_rank for f in failures}  # each worker once, as the culprit
-                failures += tuple(f for f in self._attempt_failures if f.global_rank not in blamed)
+                failures += tuple(f for f in side.failures if f.global_rank not in blamed)
                 announce.group_failed(self.events, self.restart_count, failures)
             elif state == FAILED:
-                failures = tuple(self._attempt_failures)
+                failures = tuple(side.failures)
                 announce.group_failed(self.events, self.restart_count, failures)
                 rdzv.report_failure(f"{brief(root_cause(failures))} on {self.node_id}")
 
-    def _evidence(self, state: str, rnd: RoundInfo) -> HangReport | None:
+    def _evidence(self, side: NodeWorkers, state: str, rnd: RoundInfo) -> HangReport | None:
         """Every running rank's stack before anything is stopped, when a hang may be why
         (imported here: dumps are rare, and every agent's start pays for its imports)."""
         from launcher.progress.evidence import gather
+        from launcher.workers.group import dump_target
 
         return gather(
             detected=self._incident if state == HUNG else None,
             moved_for=self._changed if state == MEMBERSHIP else None,
-            failed=self._attempt_failures if state == FAILED else (),
+            failed=side.failures if state == FAILED else (),
             peers=self._rendezvous,
-            targets=[dump_target(w) for w in self.group.running],
-            snapshots=self.watch.snapshots(),
+            targets=[dump_target(w) for w in side.group.running],
+            snapshots=side.watch.snapshots(),
             run_dir=self.logs.run_dir,
             round_no=rnd.round,
             name=f"{rnd.round}-{self.restart_count}",
@@ -231,30 +210,30 @@ class Agent:
             fr_pipe_prefix=self._agent_env.get("TORCH_NCCL_DEBUG_INFO_PIPE_FILE"),
         )
 
-    def _monitor(self) -> str:
+    def _monitor(self, side: NodeWorkers) -> str:
         cfg = self.config
         next_check = time.monotonic() + cfg.monitor_interval_s
-        next_poll = time.monotonic() + self.watch.interval_s
+        next_poll = time.monotonic() + side.watch.interval_s
         self._incident = None
         self._changed = None
         grace_end = float("inf")
         while True:
             if self.inbox.drain():
                 return SIGNALED
-            if self._attempt_failures:
+            if side.failures:
                 # Failures that only say a peer went away wait (bounded) for their cause: a
                 # local worker's own exit, or another node's report (the round moves).
                 grace_end = min(grace_end, time.monotonic() + SYMPTOM_GRACE_S)
-                if not only_symptoms(self._attempt_failures) or time.monotonic() >= grace_end:
+                if not only_symptoms(side.failures) or time.monotonic() >= grace_end:
                     return FAILED
-            elif not self.group.running:
+            elif not side.group.running:
                 return SUCCEEDED
             timeout = max(0.0, min(next_check, next_poll, grace_end) - time.monotonic())
-            woke = self.group.wait(timeout)
+            woke = side.group.wait(timeout)
             now = time.monotonic()
             if now >= next_poll:
-                next_poll = now + self.watch.interval_s
-                self._incident = self.watch.poll(now)
+                next_poll = now + side.watch.interval_s
+                self._incident = side.watch.poll(now)
                 if self._incident is not None:
                     return HUNG
             # Woken (the rendezvous's pipe: the round moved), look now: check() itself
@@ -267,90 +246,29 @@ class Agent:
                     self.events.emit(ev.RDZV_CHANGED, reason=reason)
                     return MEMBERSHIP
 
-    def _start_workers(self, rnd: RoundInfo) -> None:
-        cfg = self.config
-        self._attempt_failures = []
-        attempt = self.logs.new_attempt(self.restart_count)
-        base = base_environment(self._agent_env, nproc_per_node=cfg.nproc_per_node)
-        ctx = RoundContext(
-            role=cfg.role,
-            run_id=cfg.run_id,
-            master_addr=rnd.master_addr,
-            master_port=rnd.master_port,
-            restart_count=self.restart_count,
-            max_restarts=cfg.max_restarts,
-            use_agent_store=rnd.use_agent_store,
-            signals_to_handle=cfg.signals_to_handle_text,
-            virtual_local_rank=cfg.virtual_local_rank,
-        )
-        specs = [self._spec(rnd, ctx, base, attempt, lr) for lr in range(cfg.nproc_per_node)]
-        self.watch.clear_files()
-        self.group.start(specs)
-        self.watch.begin(self.group.workers, time.monotonic(), rnd, self._rendezvous)
-        announce.workers_started(self.events, rnd, self.group.workers, attempt.dir)
+    def _workers(self) -> NodeWorkers:
+        """The worker side, built at the first round (see launcher/node_workers.py: why not at
+        the start)."""
+        if self._side is None:
+            from launcher.node_workers import NodeWorkers
 
-    def _spec(
-        self,
-        rnd: RoundInfo,
-        ctx: RoundContext,
-        base: dict[str, str],
-        attempt: AttemptLogs,
-        local_rank: int,
-    ) -> WorkerSpec:
-        cfg = self.config
-        ranks = WorkerRanks(
-            local_rank=local_rank,
-            global_rank=rnd.base_global_rank + local_rank,
-            role_rank=rnd.base_role_rank + local_rank,
-            local_world_size=cfg.nproc_per_node,
-            world_size=rnd.world_size,
-            role_world_size=rnd.role_world_size,
-            group_rank=rnd.group_rank,
-            group_world_size=rnd.group_world_size,
-        )
-        error_file = attempt.error_file(local_rank)
-        routes = {
-            stream: route_stream(
-                cfg,
-                attempt,
-                local_rank=local_rank,
-                global_rank=ranks.global_rank,
-                stream=stream,
+            self._side = NodeWorkers(
+                self.config,
+                logs=self.logs,
+                containment=self.containment,
+                guardian=self.guardian,
+                events=self.events,
+                node=self.node_id,
+                host=self.host,
                 agent_env=self._agent_env,
+                wakeups=self._wakeups,
             )
-            for stream in ("stdout", "stderr")
-        }
-        env = worker_environment(base, ranks=ranks, round_ctx=ctx, error_file=error_file)
-        env.update(self.watch.worker_env(ranks.global_rank, base))
-        return WorkerSpec(
-            ranks=ranks,
-            argv=worker_argv(cfg.entrypoint.argv, local_rank),
-            env=env,
-            stdout=routes["stdout"],
-            stderr=routes["stderr"],
-            error_file=error_file,
-        )
-
-    def _on_exit(self, worker: Worker) -> None:
-        code = worker.exitcode if worker.exitcode is not None else -1
-        announce.worker_exited(self.events, worker, self._round, self.restart_count)
-        if code != 0:
-            self._attempt_failures.append(
-                observe_failure(
-                    local_rank=worker.local_rank,
-                    global_rank=worker.spec.ranks.global_rank,
-                    pid=worker.pid,
-                    exitcode=code,
-                    error_file=worker.spec.error_file or None,
-                    exited_at=worker.exited_at or time.time(),
-                    host=self.host,
-                    stopped_by_agent=worker.stopped_by_agent,
-                )
-            )
+        return self._side
 
     # -- endings ---------------------------------------------------------------------------
     def _failed(self, failures: tuple[WorkerFailure, ...], *, remote_detail: str) -> AgentResult:
-        self.group.wait_output()
+        if self._side is not None:
+            self._side.group.wait_output()
         code = announce.job_failed(
             failures,
             entrypoint=self.config.entrypoint.name,
@@ -370,7 +288,8 @@ class Agent:
         log.warning(
             "received %s: stopping workers (grace %.0fs)", name, self.config.shutdown_timeout_s
         )
-        self.group.stop(signum, grace_s=self.config.shutdown_timeout_s)
+        if self._side is not None:
+            self._side.group.stop(signum, grace_s=self.config.shutdown_timeout_s)
         self.events.emit(ev.GROUP_STOPPED, reason=f"signal {name}")
         return AgentResult(outcome=SIGNALED, exit_code=128 + signum, restarts=self.restart_count)
 
@@ -378,11 +297,8 @@ class Agent:
         """Stops everything; with `exit_fields`, logs `agent.exit` and closes the event log
         and the guardian (an unexpected exception leaves them to the interpreter's exit)."""
         # Also after success: what the workers started and left running is stopped.
-        self.group.stop(signal.SIGTERM, grace_s=self.config.shutdown_timeout_s)
-        self.group.close()
-        self.watch.close()
-        self.group.wait_output()
-        self.pump.stop()
+        if self._side is not None:
+            self._side.close(grace_s=self.config.shutdown_timeout_s)
         if self._rendezvous is not None:
             self._rendezvous.shutdown()
         if exit_fields:

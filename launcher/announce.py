@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher import events as ev
 from launcher.failures.error_file import write_parent_error_file
@@ -19,7 +20,9 @@ from launcher.failures.report import (
     signal_name,
 )
 from launcher.rendezvous import RoundInfo
-from launcher.workers.group import Worker
+
+if TYPE_CHECKING:  # the worker side is built at the first round (launcher/node_workers.py)
+    from launcher.workers.group import Worker
 
 log = logging.getLogger("launcher.agent")
 

@@ -92,10 +92,9 @@ class RendezvousOptions:
     keep_alive_interval_s: float = 1.0
     keep_alive_max_attempt: int = 3
     read_timeout_s: float = 60.0
-    # How long an agent keeps retrying a store it cannot reach before it gives up (0: at
-    # the first failure, as torchrun does). rendezvous/state/outage.py's DEFAULT_WINDOW_S
-    # (why 30 s is said there; that package imports this module, so the value is repeated
-    # here and a unit test keeps the two equal).
+    # How long an agent retries a store it cannot reach (0: gives up at the first failure,
+    # as torchrun). outage.py's DEFAULT_WINDOW_S says why 30 s; that package imports this
+    # module, so the value is repeated here and a unit test keeps the two equal.
     store_outage_timeout_s: float = 30.0
     timeout_s: float = 900.0
     is_host: bool | None = None
@@ -352,6 +351,8 @@ class Entrypoint:
 
 @dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
+    """Every flag, resolved: what the agent runs with."""
+
     min_nodes: int
     max_nodes: int
     nproc_per_node: int

@@ -74,6 +74,8 @@ KNOWN_EVENTS = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
+    """One line of the event log."""
+
     name: str
     run_id: str
     node_id: str

@@ -86,6 +86,8 @@ def machine_owns(host: str) -> bool:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BindPlan:
+    """The addresses a store listens on, and why."""
+
     addresses: tuple[str, ...]  # empty: every interface
     reason: str  # for the log line: why these
     warn: bool = False  # the job asked for less exposure than it gets

@@ -20,6 +20,8 @@ log = logging.getLogger("launcher.tcpstore.server")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DroppedClient:
+    """A client the server closed for misbehaving."""
+
     port: int  # the server's
     peer: str  # the client's address, host:port
     reason: str  # one line: what it sent or failed to send

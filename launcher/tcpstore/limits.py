@@ -20,6 +20,8 @@ KiB, MiB = 1024, 1024 * 1024
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:
+    """What one client may make the server hold, and for how long."""
+
     max_key_len: int = 8 * KiB  # torch: MAX_STRING_LEN
     max_value_len: int = 8 * MiB  # torch: MAX_PAYLOAD_LEN
     max_key_count: int = 128 * KiB  # torch: MAX_KEY_COUNT (CHECK, WAIT, MULTI_GET/SET)

@@ -51,6 +51,8 @@ _LISTENER, _WAKE = "listener", "wake"  # selector tags besides a Session
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreStats:
+    """What the server holds now."""
+
     keys: int
     clients: int
     waiting_clients: int  # blocked in WAIT (so also in GET), BARRIER or a blocking QUEUE_POP

@@ -96,6 +96,8 @@ class SubreaperScope:
 
 @dataclass(kw_only=True)
 class Containment:
+    """How this agent keeps its workers' processes from escaping."""
+
     mechanism: str
     reason: str  # why this mechanism (the fallback's cause, or what was asked)
     token: str

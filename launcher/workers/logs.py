@@ -67,6 +67,8 @@ class RunLogs:
 
 @dataclass(frozen=True)
 class AttemptLogs:
+    """One attempt's log directory (None: logs are not kept)."""
+
     dir: Path | None
 
     def rank_dir(self, local_rank: int) -> Path | None:

@@ -329,8 +329,15 @@ def test_worker_failure_restarts_both_nodes_job_wide_count(
         script=WORKLOADS / "flaky.py",
         script_args=[str(out)],
         extra_args=["--max-restarts", "1"],
-        # Rank 1 (on 127.0.0.3) exits 3 on restart 0; rank 0 is still sleeping then.
-        env={"FAIL_RANK": "1", "FAIL_TIMES": "1", "FAIL_CODE": "3", "OK_SLEEP": "3"},
+        # Rank 1 (on 127.0.0.3) exits 3 on restart 0, once rank 0 has started (a worker the
+        # failure stops before its first line writes none); rank 0 is still sleeping then.
+        env={
+            "FAIL_RANK": "1",
+            "FAIL_TIMES": "1",
+            "FAIL_CODE": "3",
+            "OK_SLEEP": "3",
+            "FAIL_AFTER_STARTS": "1",
+        },
     )
     codes = [node.wait() for node in nodes]
     lines = (out / "starts.txt").read_text().split("\n") if (out / "starts.txt").exists() else []

@@ -66,12 +66,16 @@ class MultiGet:
 
 @dataclass(frozen=True)
 class Set:
+    """Set `key` to `value`."""
+
     key: str
     value: str
 
 
 @dataclass(frozen=True)
 class MultiSet:
+    """Set every `(key, value)` of `items`, in one request."""
+
     items: tuple[tuple[str, str], ...]
 
 
@@ -130,6 +134,8 @@ Step = Generator[Op, Feedback, Any]
 
 @dataclass(frozen=True, kw_only=True)
 class Params:
+    """The rendezvous's settings, the same on every node of a job."""
+
     run_id: str
     min_nodes: int
     max_nodes: int
@@ -154,6 +160,8 @@ class Params:
 
 @dataclass(frozen=True, kw_only=True)
 class NodeInfo:
+    """What a node tells the others when it joins."""
+
     node_id: str  # unique per agent incarnation
     addr: str  # what workers use as MASTER_ADDR if this node gets group rank 0
     master_port: int  # the port this agent already holds for the workers' store
@@ -175,6 +183,8 @@ OK, FAILED = "ok", "failed"
 
 @dataclass(frozen=True, kw_only=True)
 class Assignment:
+    """A member's place in a completed round."""
+
     round: int
     group_rank: int
     group_world_size: int
