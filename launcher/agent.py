@@ -82,8 +82,8 @@ class Agent:
         self.node_id = self.host
         self._agent_env = dict(os.environ if environ is None else environ)
         self.logs = RunLogs(config)  # first: a log dir that cannot be made starts nothing
-        # Fork before any thread exists (the pump and the store start threads): the cgroup
-        # probe and the guardian.
+        # Fork before any thread exists (the stores, the heartbeats and the output pump start
+        # threads): the cgroup probe and the guardian.
         self.containment, self.guardian = guarded(config.containment)
         paths = [config.event_log] if config.event_log else []
         if self.logs.run_dir is not None:
