@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from launcher.errors import ConfigError
+
 __all__ = [
     "ENABLE_FILE_TIMER_ENV",
     "TIMER_FILE_ENV",
@@ -82,9 +84,16 @@ class FileTimerServer:
         self._allowed_pids = allowed_pids
         self._clock = clock
         self._wall_clock = wall_clock
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale FIFO from a dead agent, as torch does
-        os.mkfifo(path, 0o600)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a stale FIFO from a dead agent, as torch does
+            os.mkfifo(path, 0o600)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot make the file timer's FIFO at {path}: {err.strerror}",
+                fix="set it to a path in a directory this agent can write",
+                flag="TORCHELASTIC_TIMER_FILE",
+            ) from err
         self._inode = path.stat().st_ino
         self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self._lock = threading.Lock()

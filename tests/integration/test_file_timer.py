@@ -203,6 +203,26 @@ def test_the_default_path_is_torchs() -> None:
     assert default_timer_file_path() != path
 
 
+@pytest.mark.timeout(60)
+def test_a_timer_file_the_agent_cannot_make_is_one_line_and_starts_no_worker(
+    tmp_path: Path,
+) -> None:
+    stamp = tmp_path / "started"
+    script = tmp_path / "worker.py"
+    script.write_text(f"open({str(stamp)!r}, 'w').close()\n")
+    bad = tmp_path / "missing" / "timer"
+    env = clean_env(TORCHELASTIC_ENABLE_FILE_TIMER="1", **{TIMER_FILE_ENV: str(bad)})
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "--nproc-per-node", "1", str(script)],
+        check=False, env=env, capture_output=True, text=True, timeout=50,
+    )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and TIMER_FILE_ENV in lines[0] and str(bad) in lines[0], lines
+    assert not stamp.exists()
+
+
 # A real worker: torch's own client and `expires()`, talking to our server.
 WORKER = textwrap.dedent(
     """
