@@ -1,5 +1,6 @@
 """This node's worker side: the group, its output pump and progress watch, and the failures
-of the running attempt.
+of the running attempt. Part of the agent, the one layer that uses both rendezvous and
+workers.
 
 The agent builds it when its first round completes, not at its start: these modules are a
 fifth of an agent's start-up CPU, and where many agents start on one machine the first round
